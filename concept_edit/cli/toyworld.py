@@ -1,0 +1,159 @@
+"""``concept-edit toyworld ...``: train, score, evaluate, render."""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+import numpy as np
+
+from .common import UsageError, add_model_args, load_model, positive_int
+
+
+def _load_images(d: str) -> tuple[list[str], np.ndarray]:
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isdir(d):
+        raise UsageError(f"{d!r} is not a directory of images")
+    files = sorted(f for f in glob.glob(os.path.join(d, "*")) if os.path.isfile(f)
+                   and not f.endswith((".json", ".txt", ".md")))
+    if not files:
+        raise UsageError(f"{d!r} holds no images; pass a directory of PNG/JPEG files")
+    imgs = []
+    for f in files:
+        try:
+            im = Image.open(f).convert("RGB")
+        except (UnidentifiedImageError, OSError):
+            raise UsageError(f"{f} is not an image; pass a directory of PNG/JPEG files only") from None
+        if im.size != (64, 64):
+            im = im.resize((64, 64), Image.BILINEAR)
+        imgs.append(np.asarray(im))
+    return files, np.stack(imgs)
+
+
+def cmd_score(args) -> None:
+    from ..toyworld.classifier import load_classifier, match_rates, predict
+
+    expect = {}
+    for e in args.expect:
+        if "=" not in e:
+            raise UsageError(f"bad --expect {e!r}: write ATTRIBUTE=VALUE, e.g. --expect shape=circle")
+        k, v = e.split("=", 1)
+        expect[k.strip()] = v.strip()
+    files, imgs = _load_images(args.images)
+    preds = predict(load_classifier(args.classifier), imgs)
+    rates = match_rates(preds, expect) if expect else {}
+    if args.json:
+        print(json.dumps({"images": [dict(file=os.path.basename(f), **p) for f, p in zip(files, preds)],
+                          "expect": expect, "rates": rates, "n": len(files)}, indent=1))
+        return
+    for f, p in zip(files, preds):
+        print(f"{os.path.basename(f)}: {p['size']} {p['colour']} {p['shape']} on {p['background']} "
+              f"(r={p['radius']:.1f})")
+    for k, v in rates.items():
+        print(f"{k}={expect[k]}: {v:.3f} of {len(files)}")
+
+
+def cmd_evaluate(args) -> None:
+    from ..core.io import atomic_write_text
+    from ..toyworld.evaluate import evaluate
+
+    pipe = load_model(args)
+    rep = evaluate(pipe, seeds=args.seeds, which=args.prompts, classifier=args.classifier,
+                   batch=args.batch)
+    text = json.dumps(rep if args.per_prompt else {k: v for k, v in rep.items() if k != "per_prompt"},
+                      indent=1)
+    if args.out:
+        atomic_write_text(args.out, json.dumps(rep, indent=1))
+    print(text)
+
+
+def cmd_train(args) -> None:
+    from ..toyworld.train import main as train_main
+
+    train_main(args.rest)
+
+
+def cmd_render(args) -> None:
+    """Render toy images (optionally pinned attributes) into a directory: data for image sliders."""
+    from PIL import Image
+
+    from ..core.io import atomic_dir
+    from ..toyworld.render import render, sample_scene
+
+    fixed = {}
+    for e in args.fix:
+        k, _, v = e.partition("=")
+        fixed[k] = float(v) if k == "radius" else v
+    rng = np.random.default_rng(args.seed)
+    with atomic_dir(args.out) as tmp:
+        labels = []
+        for i in range(args.n):
+            s = sample_scene(rng=rng, **fixed)
+            Image.fromarray(render(s)).save(os.path.join(tmp, f"{i:04d}.png"))
+            labels.append(s.labels())
+        with open(os.path.join(tmp, "labels.json"), "w") as f:
+            json.dump(labels, f, indent=1)
+    print(f"wrote {args.n} renders to {args.out}")
+
+
+def cmd_render_pairs(args) -> None:
+    """Pairs of the same scene drawn small (low/) and large (high/): an image-pair size slider."""
+    from PIL import Image
+
+    from ..core.io import atomic_dir
+    from ..toyworld.render import SIZES, Scene, render, sample_scene
+
+    rng = np.random.default_rng(args.seed)
+    with atomic_dir(args.out) as tmp:
+        os.makedirs(os.path.join(tmp, "low"))
+        os.makedirs(os.path.join(tmp, "high"))
+        for i in range(args.n):
+            big = sample_scene(rng=rng, size="large")
+            small = Scene(big.shape, big.colour, "small", float(rng.uniform(*SIZES["small"])),
+                          big.background, big.cx, big.cy)
+            Image.fromarray(render(small)).save(os.path.join(tmp, "low", f"{i:04d}.png"))
+            Image.fromarray(render(big)).save(os.path.join(tmp, "high", f"{i:04d}.png"))
+    print(f"wrote {args.n} small/large pairs to {args.out}/low and {args.out}/high")
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("toyworld", help="the embedded toy world: train, score, evaluate, render")
+    ts = p.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
+
+    s = ts.add_parser("score", help="classify toy images; with --expect, the rates that match")
+    s.add_argument("images", help="directory of images")
+    s.add_argument("--expect", action="append", default=[], metavar="ATTR=VALUE")
+    s.add_argument("--classifier", default=None, help="classifier dir (default weights/toy-classifier)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_score)
+
+    e = ts.add_parser("evaluate", help="the model card's numbers as a JSON table")
+    add_model_args(e)
+    e.add_argument("--seeds", type=positive_int("--seeds"), default=64)
+    e.add_argument("--prompts", choices=["all", "full", "partial"], default="all")
+    e.add_argument("--classifier", default=None)
+    e.add_argument("--batch", type=positive_int("--batch"), default=64)
+    e.add_argument("--per-prompt", action="store_true", help="print every prompt's row too")
+    e.add_argument("--out", default=None, help="also write the full JSON (with per-prompt rows) here")
+    e.set_defaults(func=cmd_evaluate)
+
+    t = ts.add_parser("train", help="train the toy world (see concept-edit toyworld train -- --help)",
+                      add_help=False)
+    t.add_argument("rest", nargs=argparse.REMAINDER)
+    t.set_defaults(func=cmd_train)
+
+    r = ts.add_parser("render", help="render toy images with pinned attributes")
+    r.add_argument("out")
+    r.add_argument("--n", type=positive_int("--n"), default=16)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--fix", action="append", default=[], metavar="ATTR=VALUE",
+                   help="pin an attribute, e.g. --fix size=large --fix shape=circle")
+    r.set_defaults(func=cmd_render)
+
+    rp = ts.add_parser("render-pairs", help="small/large pairs of the same scenes (image slider data)")
+    rp.add_argument("out")
+    rp.add_argument("--n", type=positive_int("--n"), default=64)
+    rp.add_argument("--seed", type=int, default=0)
+    rp.set_defaults(func=cmd_render_pairs)

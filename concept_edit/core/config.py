@@ -1,0 +1,115 @@
+"""Strict config dataclasses: help text per field, checks, unknown keys are errors.
+
+Example::
+
+    >>> import dataclasses
+    >>> from concept_edit.core.config import StrictConfig, field
+    >>> @dataclasses.dataclass
+    ... class Cfg(StrictConfig):
+    ...     lr: float = field(1e-4, "learning rate")
+    >>> Cfg.from_dict({"lr": 3e-4}).lr
+    0.0003
+    >>> Cfg.from_dict({"lrr": 1})
+    Traceback (most recent call last):
+    ConfigError: unknown key 'lrr' in Cfg; did you mean 'lr'?
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the fix."""
+
+
+def field(default, help: str, **kw):
+    """A dataclass field with help text (shown by the CLI and in error messages)."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+
+
+def nearest(name: str, choices, n: int = 1) -> list[str]:
+    return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.0)
+
+
+def _coerce(cls_name: str, key: str, tp, value):
+    origin = typing.get_origin(tp)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        if tp is str and value is None:
+            return value
+        raise ConfigError(f"{cls_name}.{key} must be {tp.__name__}, got {value!r}")
+    if origin in (list, tuple) and isinstance(value, str):
+        return [v.strip() for v in value.split(";") if v.strip()] if value else []
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+class StrictConfig:
+    """Mixin for method configs: ``from_dict`` rejects unknown keys, ``check()`` validates."""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            tp = hints.get(f.name)
+            val = getattr(self, f.name)
+            if typing.get_origin(tp) is typing.Union or str(tp).startswith("typing.Optional") or \
+                    type(tp).__name__ == "UnionType":
+                args = [a for a in typing.get_args(tp) if a is not type(None)]
+                if val is not None and len(args) == 1:
+                    object.__setattr__(self, f.name, _coerce(type(self).__name__, f.name, args[0], val))
+                continue
+            object.__setattr__(self, f.name, _coerce(type(self).__name__, f.name, tp, val))
+        self.check()
+
+    def check(self) -> None:
+        """Override: raise ConfigError naming the field and the fix."""
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None, **overrides):
+        d = dict(d or {})
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        valid = cls.keys()
+        for k in d:
+            if k not in valid:
+                raise ConfigError(f"unknown key {k!r} in {cls.__name__}; did you mean "
+                                  f"{nearest(k, valid)[0]!r}? (valid: {', '.join(valid)})")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str, **overrides):
+        import yaml
+
+        try:
+            with open(path) as f:
+                d = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path!r} not found; see configs/ for examples") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+        return cls.from_dict(d, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)

@@ -1,0 +1,284 @@
+"""LoRA routing over peft: named adapters on site groups, scales, per-step schedules.
+
+Example::
+
+    >>> from concept_edit.core.lora import lora_router
+    >>> router = lora_router(pipe)                          # one per denoiser
+    >>> router.add("size", resolve_sites(pipe, "noxattn"), rank=4, alpha=1.0)
+    >>> router.set_scale("size", 2.0)
+    >>> router.set_schedule("size", start=0.2)              # 0 for the first 20% of steps, then 2.0
+    >>> with router.disabled():                             # exactly the base model
+    ...     pipe(prompt)
+    >>> sd = router.state_dict("size")                      # diffusers keys, alpha/r baked into B
+
+Adapters are injected with ``peft.inject_adapter_in_model`` on the denoiser, so every family
+(PixArt included) is handled alike. Files store ``lora_B`` pre-multiplied by alpha/rank, so any
+loader that assumes alpha = rank (diffusers, ComfyUI with our kohya export) gets the same output.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .hooks import hooks
+from .paths import get_module
+
+_ATTR = "_concept_edit_lora"
+_SCHEDULE_HOOK = "concept_edit:lora-schedule"
+
+
+@dataclasses.dataclass
+class Adapter:
+    name: str
+    paths: list[str]
+    rank: int
+    alpha: float
+    scale: float = 1.0
+    schedule: Callable[[int, int], float] | None = None
+
+
+def start_schedule(start: float) -> Callable[[int, int], float]:
+    """0 for the first ``start`` fraction of the denoising steps, 1 after."""
+    if not 0.0 <= start <= 1.0:
+        raise ValueError(f"slider start must be a fraction in [0, 1], got {start}")
+    return lambda i, n: 0.0 if i < round(start * n) else 1.0
+
+
+class LoraRouter:
+    def __init__(self, denoiser: nn.Module, timestep_scale: float = 1.0):
+        self.denoiser = denoiser
+        self.timestep_scale = timestep_scale
+        self.scheduler = None
+        self.adapters: dict[str, Adapter] = {}
+        self.step: tuple[int, int] | None = None  # (index, count) of the current denoising step
+
+    # -- structure -------------------------------------------------------------------------
+    def layers(self, name: str | None = None):
+        from peft.tuners.lora import LoraLayer
+
+        paths = self.adapters[name].paths if name else None
+        for p, m in self.denoiser.named_modules():
+            if isinstance(m, LoraLayer) and (paths is None or p in paths):
+                yield p, m
+
+    def add(self, name: str, paths: list[str], rank: int = 4, alpha: float = 1.0,
+            init: str | bool = "gaussian", conv_rank: int | None = None) -> Adapter:
+        """Inject a new adapter on ``paths`` (module paths from the site tables)."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if name in self.adapters:
+            raise ValueError(f"adapter {name!r} exists; remove it first or pick another name")
+        if not paths:
+            raise ValueError(f"adapter {name!r}: the site group selected no layers in this model")
+        rank_pattern = {}
+        if conv_rank:
+            for p in paths:
+                if isinstance(get_module(self.denoiser, p), nn.Conv2d):
+                    rank_pattern[f"^{re.escape(p)}$"] = conv_rank
+        cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(paths),
+                         init_lora_weights=init, rank_pattern=rank_pattern,
+                         alpha_pattern={k: alpha for k in rank_pattern})
+        frozen = {n for n, p in self.denoiser.named_parameters() if not p.requires_grad}
+        inject_adapter_in_model(cfg, self.denoiser, adapter_name=name)
+        for n, p in self.denoiser.named_parameters():  # peft may flip flags: only ours trainable
+            if n in frozen or f".{name}." not in n:
+                p.requires_grad_(False)
+            else:
+                p.requires_grad_(True)
+        ad = Adapter(name, list(paths), rank, alpha)
+        self.adapters[name] = ad
+        self._activate()
+        return ad
+
+    def remove(self, name: str) -> None:
+        """Delete an adapter; layers left without adapters are unwrapped to the original module."""
+        from .paths import set_module
+
+        self._get(name)
+        for path, layer in list(self.layers(name)):
+            layer.delete_adapter(name)
+            if not layer.lora_A:
+                set_module(self.denoiser, path, layer.get_base_layer())
+        del self.adapters[name]
+        self._activate()
+        self._sync_schedule_hook()
+
+    def _get(self, name: str) -> Adapter:
+        if name not in self.adapters:
+            raise KeyError(f"no adapter {name!r}; have: {', '.join(self.adapters) or 'none'}")
+        return self.adapters[name]
+
+    def _activate(self) -> None:
+        for _, layer in self.layers():
+            names = [n for n in self.adapters if n in layer.lora_A]
+            layer._active_adapter = names
+        self._apply_scales()
+
+    def parameters(self, name: str, which: str = "AB") -> list[torch.nn.Parameter]:
+        out = []
+        for _, layer in self.layers(name):
+            if "A" in which:
+                out += list(layer.lora_A[name].parameters())
+            if "B" in which:
+                out += list(layer.lora_B[name].parameters())
+        return out
+
+    # -- scales ----------------------------------------------------------------------------
+    def set_scale(self, name: str, scale: float) -> None:
+        self._get(name).scale = float(scale)
+        self._apply_scales()
+
+    def set_schedule(self, name: str, fn: Callable[[int, int], float] | None = None,
+                     start: float | None = None) -> None:
+        """Per-step multiplier of the adapter's scale; ``start=F`` is 0 before fraction F."""
+        self._get(name).schedule = start_schedule(start) if start is not None else fn
+        self._sync_schedule_hook()
+
+    def _effective(self, ad: Adapter) -> float:
+        if ad.schedule is None or self.step is None:
+            return ad.scale
+        return ad.scale * ad.schedule(*self.step)
+
+    def _apply_scales(self) -> None:
+        for ad in self.adapters.values():
+            s = self._effective(ad)
+            for _, layer in self.layers(ad.name):
+                layer.scaling[ad.name] = s * layer.lora_alpha[ad.name] / layer.r[ad.name]
+
+    def bind(self, scheduler) -> "LoraRouter":
+        """Use ``scheduler.timesteps`` to know the step index during a pipeline call."""
+        self.scheduler = scheduler
+        return self
+
+    def _sync_schedule_hook(self) -> None:
+        reg = hooks(self.denoiser)
+        need = any(ad.schedule is not None for ad in self.adapters.values())
+        have = _SCHEDULE_HOOK in reg.names()
+        if need and not have:
+            reg.add(_SCHEDULE_HOOK, "", pre=self._on_forward)
+        elif have and not need:
+            reg.remove(_SCHEDULE_HOOK)
+            self.step = None
+            self._apply_scales()
+
+    def _on_forward(self, args, kwargs, path):
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if t is None or self.scheduler is None or getattr(self.scheduler, "timesteps", None) is None:
+            return None
+        t = float(torch.as_tensor(t).flatten()[0]) * self.timestep_scale
+        ts = self.scheduler.timesteps.float().cpu()
+        i = int((ts - t).abs().argmin())
+        self.step = (i, len(ts))
+        self._apply_scales()
+        return None
+
+    @contextlib.contextmanager
+    def disabled(self):
+        """Every adapter off: the base model's outputs exactly."""
+        layers = [layer for _, layer in self.layers()]
+        old = [layer._disable_adapters for layer in layers]
+        for layer in layers:
+            layer._disable_adapters = True
+        try:
+            yield
+        finally:
+            for layer, o in zip(layers, old):
+                layer._disable_adapters = o
+
+    @contextlib.contextmanager
+    def scaled(self, **scales: float):
+        """Temporarily set adapter scales, e.g. ``with router.scaled(size=0.0):``."""
+        old = {n: self._get(n).scale for n in scales}
+        for n, s in scales.items():
+            self.adapters[n].scale = float(s)
+        self._apply_scales()
+        try:
+            yield
+        finally:
+            for n, s in old.items():
+                self.adapters[n].scale = s
+            self._apply_scales()
+
+    # -- files -----------------------------------------------------------------------------
+    def state_dict(self, name: str, prefix: str) -> dict[str, torch.Tensor]:
+        """diffusers/peft keys ``{prefix}.{path}.lora_A.weight``; alpha/r folded into lora_B."""
+        out = {}
+        for p, layer in self.layers(name):
+            a = layer.lora_A[name].weight.detach().float()
+            b = layer.lora_B[name].weight.detach().float() * (layer.lora_alpha[name] / layer.r[name])
+            out[f"{prefix}.{p}.lora_A.weight"] = a.contiguous()
+            out[f"{prefix}.{p}.lora_B.weight"] = b.contiguous()
+        return out
+
+    def load(self, name: str, state_dict: dict[str, torch.Tensor], prefix: str) -> Adapter:
+        """Add adapter ``name`` from a state dict written by ``state_dict`` (or diffusers)."""
+        pat = re.compile(rf"^{re.escape(prefix)}\.(.+)\.lora_([AB])\.weight$")
+        weights: dict[str, dict[str, torch.Tensor]] = {}
+        for k, v in state_dict.items():
+            m = pat.match(k)
+            if m:
+                weights.setdefault(m.group(1), {})[m.group(2)] = v
+        if not weights:
+            raise ValueError(f"no '{prefix}.*.lora_A.weight' keys: not a LoRA for this model's {prefix}")
+        for p in weights:
+            get_module(self.denoiser, p)  # clear error naming nearest paths if the base differs
+        ranks = {p: w["A"].shape[0] for p, w in weights.items()}
+        rank = max(ranks.values())
+        conv_rank = next((r for p, r in ranks.items() if weights[p]["A"].ndim == 4), None)
+        ad = self.add(name, list(weights), rank=rank, alpha=float(rank), init=False,
+                      conv_rank=conv_rank if conv_rank != rank else None)
+        for p, layer in self.layers(name):
+            w = weights[p]
+            la, lb = layer.lora_A[name].weight, layer.lora_B[name].weight
+            if la.shape != w["A"].shape or lb.shape != w["B"].shape:
+                raise ValueError(f"{p}: LoRA shapes {tuple(w['A'].shape)}/{tuple(w['B'].shape)} do not "
+                                 f"fit this model ({tuple(la.shape)}/{tuple(lb.shape)}): wrong base model")
+            layer.r[name] = w["A"].shape[0]
+            layer.lora_alpha[name] = float(w["A"].shape[0])
+            with torch.no_grad():
+                la.copy_(w["A"])
+                lb.copy_(w["B"])
+            layer.lora_A[name].requires_grad_(False)
+            layer.lora_B[name].requires_grad_(False)
+        self._apply_scales()
+        return ad
+
+    @torch.no_grad()
+    def fuse(self, name: str, scale: float | None = None) -> dict[str, torch.Tensor]:
+        """Merge an adapter into base weights at ``scale``; returns the original weights."""
+        from .weights import snapshot
+
+        ad = self._get(name)
+        keys = [f"{p}.weight" for p in ad.paths]
+        saved = snapshot(self.denoiser, keys)
+        for p, layer in self.layers(name):
+            base = layer.get_base_layer()
+            delta = layer.get_delta_weight(name) * ((ad.scale if scale is None else scale)
+                                                     * layer.lora_alpha[name] / layer.r[name]
+                                                     / layer.scaling[name]
+                                                     if layer.scaling[name] else 0.0)
+            base.weight.add_(delta.to(base.weight.dtype))
+        return saved
+
+
+def lora_router(pipe_or_denoiser, timestep_scale: float | None = None) -> LoraRouter:
+    """The router of a pipeline's denoiser (created on first use and bound to its scheduler)."""
+    if isinstance(pipe_or_denoiser, nn.Module):
+        den, sched, ts = pipe_or_denoiser, None, timestep_scale or 1.0
+    else:
+        from .families import detect_family, get_family
+
+        fam = get_family(detect_family(pipe_or_denoiser))
+        den, sched, ts = getattr(pipe_or_denoiser, fam.denoiser), pipe_or_denoiser.scheduler, fam.timestep_scale
+    router = den.__dict__.get(_ATTR)
+    if router is None:
+        router = LoraRouter(den, ts)
+        den.__dict__[_ATTR] = router
+    if sched is not None:
+        router.bind(sched)
+    return router

@@ -1,0 +1,92 @@
+"""x0-hat capture: the predicted clean sample at every denoising step, for every family.
+
+Example::
+
+    >>> from concept_edit.core.x0 import capture_x0
+    >>> with capture_x0(pipe) as cap:
+    ...     pipe("a red circle", num_inference_steps=10)
+    >>> len(cap.x0), cap.timesteps[:2]                 # one latent per step (guided prediction)
+    >>> frames = cap.decode()                           # list over steps of (N, H, W, 3) uint8
+
+The hook wraps ``pipe.scheduler.step`` for the duration of the block (restored on exit): it sees
+the guided model output, the timestep and the current sample, exactly what the scheduler sees.
+x0 comes from the scheduler when it reports ``pred_original_sample``; otherwise from the
+parameterisation (flow matching: x0 = x_t - sigma * v; DDPM family: epsilon / v / sample).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import numpy as np
+import torch
+
+from .families import detect_family
+
+
+@dataclasses.dataclass
+class X0Capture:
+    pipe: object
+    x0: list = dataclasses.field(default_factory=list)
+    timesteps: list = dataclasses.field(default_factory=list)
+    height: int | None = None
+    width: int | None = None
+
+    @torch.no_grad()
+    def decode(self, every: int = 1) -> list[np.ndarray]:
+        return [decode_latents(self.pipe, z, self.height, self.width) for z in self.x0[::every]]
+
+
+def _x0(sched, out, model_output, timestep, sample):
+    pos = getattr(out, "pred_original_sample", None)
+    if pos is not None:
+        return pos
+    if hasattr(sched, "sigmas") and not hasattr(sched, "alphas_cumprod"):  # flow matching
+        i = sched.step_index - 1 if sched.step_index is not None else sched.index_for_timestep(timestep)
+        sigma = sched.sigmas[i].to(sample.device, sample.dtype)
+        return sample - sigma * model_output
+    a = sched.alphas_cumprod.to(sample.device)[int(timestep)].to(sample.dtype)
+    pred = sched.config.prediction_type
+    if pred == "epsilon":
+        return (sample - (1 - a).sqrt() * model_output) / a.sqrt()
+    if pred == "v_prediction":
+        return a.sqrt() * sample - (1 - a).sqrt() * model_output
+    return model_output
+
+
+@contextlib.contextmanager
+def capture_x0(pipe, height: int | None = None, width: int | None = None):
+    sched = pipe.scheduler
+    cap = X0Capture(pipe, height=height, width=width)
+    original = sched.step
+
+    def step(model_output, timestep, sample, *args, **kwargs):
+        out = original(model_output, timestep, sample, *args, **kwargs)
+        res = out if not isinstance(out, tuple) else None
+        cap.x0.append(_x0(sched, res, model_output, timestep, sample).detach().clone())
+        cap.timesteps.append(float(torch.as_tensor(timestep).flatten()[0]))
+        return out
+
+    sched.step = step
+    try:
+        yield cap
+    finally:
+        del sched.step  # the instance attribute goes; the class method shows through again
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor, height: int | None = None,
+                   width: int | None = None) -> np.ndarray:
+    """Latents as the pipeline holds them -> (N, H, W, 3) uint8 images."""
+    fam = detect_family(pipe)
+    vae = pipe.vae
+    z = latents
+    if fam == "flux":
+        h = height or 2 * int((z.shape[1]) ** 0.5) * pipe.vae_scale_factor
+        w = width or h
+        z = pipe._unpack_latents(z, h, w, pipe.vae_scale_factor)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    z = z.to(vae.dtype) / vae.config.scaling_factor + shift
+    img = vae.decode(z, return_dict=False)[0]
+    img = ((img.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return img.permute(0, 2, 3, 1).cpu().numpy()

@@ -1,0 +1,128 @@
+"""Concept Slider configuration (strict YAML: unknown keys name the nearest valid key).
+
+Example (configs/sliders/toy-size.yaml)::
+
+    prompts:
+      - target: "a {}"
+        positive: "a large {}"
+        unconditional: "a small {}"
+        action: enhance
+        guidance: 4.0
+    preservation: [circle, square, triangle, star]
+    sites: noxattn
+
+``{}`` in a prompt is filled with each preservation attribute (copies of the prompt set, one
+sampled per step); prompts without ``{}`` get the attribute as a prefix, as in the reference.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ...core.config import ConfigError, StrictConfig, field
+
+SITES = {"xattn": ("xattn",), "noxattn": ("noxattn",), "selfattn": ("selfattn",), "full": ("all",),
+         "c3lier": ("noxattn", "resnets")}
+
+
+@dataclasses.dataclass
+class PromptSet(StrictConfig):
+    target: str = field("", "prompt the LoRA'd model is trained on")
+    positive: str = field("", "prompt of the concept to enhance")
+    unconditional: str = field("", "the OPPOSITE concept (not ''), as in the paper")
+    neutral: str | None = field(None, "base prompt of the target (default: target)")
+    action: str = field("enhance", "enhance | erase")
+    guidance: float = field(4.0, "g in  neutral + g (positive - unconditional)")
+
+    def check(self) -> None:
+        if self.action not in ("enhance", "erase"):
+            raise ConfigError(f"action must be enhance or erase, got {self.action!r}")
+        if not self.positive and not self.unconditional:
+            raise ConfigError("a prompt set needs a positive and an unconditional (opposite) prompt")
+
+    def expand(self, attr: str | None) -> "PromptSet":
+        def fill(p: str | None) -> str | None:
+            if p is None or attr is None:
+                return p
+            return p.replace("{}", attr) if "{}" in p else f"{attr} {p}".strip()
+
+        return PromptSet(fill(self.target), fill(self.positive), fill(self.unconditional),
+                         fill(self.neutral) if self.neutral is not None else fill(self.target),
+                         self.action, self.guidance)
+
+
+@dataclasses.dataclass
+class ImagePairs(StrictConfig):
+    low: str = field("", "folder of 'low' images (scale -s)")
+    high: str = field("", "folder of 'high' images with the same file names (scale +s)")
+    prompt: str = field("", "prompt used while training on the pairs")
+    scale: float = field(1.0, "s: LoRA scale for high, -s for low")
+
+    def check(self) -> None:
+        if not self.low or not self.high:
+            raise ConfigError("image_pairs needs 'low' and 'high' folders")
+
+
+@dataclasses.dataclass
+class SliderConfig(StrictConfig):
+    name: str = field("slider", "slider name (metadata, adapter name)")
+    prompts: list = field([], "text slider prompt sets (target, positive, unconditional, ...)")
+    preservation: list[str] = field([], "attributes filling '{}' (or prefixing) every prompt set")
+    image_pairs: dict | None = field(None, "image-pair slider: {low, high, prompt, scale}")
+    sites: str = field("noxattn", "xattn | noxattn | selfattn | full | c3lier (adds resnet conv LoRA)")
+    rank: int = field(4, "LoRA rank")
+    alpha: float = field(1.0, "LoRA alpha (scale alpha / rank)")
+    conv_rank: int | None = field(None, "rank of conv LoRA for c3lier (default: rank)")
+    iterations: int = field(500, "optimisation steps")
+    lr: float = field(2e-4, "learning rate")
+    optimizer: str = field("adamw", "adam | adamw | sgd")
+    batch_size: int = field(1, "x_t samples per step")
+    sampler: str = field("bank", "bank (frozen-model trajectories, refreshed) | online (LoRA active)")
+    bank_size: int = field(8, "trajectories per prompt set in the bank")
+    bank_refresh: int = field(0, "regenerate the bank every N steps with new seeds (0 = never)")
+    ddim_steps: int = field(50, "denoising steps of x_t trajectories")
+    sample_guidance: float = field(3.0, "CFG used to sample x_t")
+    size: int = field(0, "image size (0 = the model's default)")
+    start: float = field(0.0, "recommended inference start fraction (stored in the file)")
+    checkpoint_every: int = field(100, "steps between checkpoints (with --resume)")
+    seed: int = field(0, "seed")
+
+    def check(self) -> None:
+        if self.sites not in SITES:
+            raise ConfigError(f"unknown sites {self.sites!r}; choose one of {', '.join(SITES)}")
+        if self.sampler not in ("bank", "online"):
+            raise ConfigError(f"sampler must be bank or online, got {self.sampler!r}")
+        sets = []
+        for i, p in enumerate(self.prompts):
+            if isinstance(p, PromptSet):
+                sets.append(p)
+            elif isinstance(p, dict):
+                try:
+                    sets.append(PromptSet.from_dict(p))
+                except ConfigError as e:
+                    raise ConfigError(f"prompts[{i}]: {e}") from None
+            else:
+                raise ConfigError(f"prompts[{i}] must be a mapping with target/positive/unconditional")
+        object.__setattr__(self, "prompts", sets)
+        if isinstance(self.image_pairs, dict):
+            try:
+                object.__setattr__(self, "image_pairs", ImagePairs.from_dict(self.image_pairs))
+            except ConfigError as e:
+                raise ConfigError(f"image_pairs: {e}") from None
+        if not self.prompts and self.image_pairs is None:
+            raise ConfigError("give text prompt sets ('prompts:') or 'image_pairs:'")
+        for k in ("rank", "iterations", "batch_size", "bank_size", "ddim_steps", "checkpoint_every"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
+        if not 0.0 <= self.start <= 1.0:
+            raise ConfigError(f"start must be a fraction in [0, 1], got {self.start}")
+
+    def prompt_sets(self) -> list[PromptSet]:
+        attrs = self.preservation or [None]
+        return [p.expand(a) for p in self.prompts for a in attrs]
+
+    def site_groups(self) -> tuple[str, ...]:
+        return SITES[self.sites]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return d

@@ -1,0 +1,185 @@
+"""Concept Slider training: text prompt sets and image pairs, LoRA on a site group.
+
+Example::
+
+    >>> from concept_edit.methods.slider import SliderConfig, train_slider
+    >>> cfg = SliderConfig.from_yaml("configs/sliders/toy-size.yaml")
+    >>> res = train_slider(pipe, cfg)
+    >>> res.save("size.safetensors")        # loads with plain pipe.load_lora_weights(...)
+
+Text sliders: at scale 1 on ``target`` the LoRA'd model regresses onto
+``out(neutral) +/- g (out(positive) - out(unconditional))`` (frozen = LoRA at scale 0, the three
+frozen passes in one batch). Image pairs: the same noise and timestep on both images; the LoRA at
++s must predict the clean target on 'high', at -s on 'low'. x_t for text sliders comes from a
+bank of frozen-model trajectories (refreshed every ``bank_refresh`` steps) or online with the
+LoRA active (the paper's).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ...core.artifacts import save_lora_artifact
+from ...core.denoise import Denoiser, encode_images, noisy_state
+from ...core.families import resolve_sites
+from ...core.sampling import pipe_defaults
+from ...core.training import Checkpointer, EditParams, make_optimizer, step_generator
+from .config import SliderConfig
+
+
+def slider_target(neutral: torch.Tensor, positive: torch.Tensor, unconditional: torch.Tensor,
+                  guidance: float, action: str) -> torch.Tensor:
+    sign = 1.0 if action == "enhance" else -1.0
+    return neutral + sign * guidance * (positive - unconditional)
+
+
+@dataclasses.dataclass
+class SliderResult:
+    pipe: object
+    config: SliderConfig
+    edit: EditParams
+    losses: list[float]
+    seconds: float
+
+    def save(self, path: str) -> dict:
+        cfg = self.config
+        lora = {"rank": cfg.rank, "alpha": cfg.alpha, "group": cfg.sites, "start": cfg.start,
+                "name": cfg.name, "recommended_scales": [-2, 2],
+                "prompts": [dataclasses.asdict(p) for p in cfg.prompts]}
+        return save_lora_artifact(self.pipe, self.edit.artifact_tensors(), path, "slider",
+                                  cfg.to_dict(), lora=lora,
+                                  extra={"train_seconds": round(self.seconds, 1)})
+
+
+def _load_pairs(pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+
+    names = sorted(f for f in os.listdir(pairs.low) if f.lower().endswith((".png", ".jpg", ".jpeg")))
+    missing = [n for n in names if not os.path.exists(os.path.join(pairs.high, n))]
+    if not names or missing:
+        raise ValueError(f"image pairs: {pairs.high} lacks {missing[:3]} (names must match {pairs.low})"
+                         if missing else f"image pairs: no images in {pairs.low}")
+
+    def load(d):
+        arr = np.stack([np.asarray(Image.open(os.path.join(d, n)).convert("RGB")) for n in names])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    return load(pairs.low), load(pairs.high)
+
+
+def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, resume: bool = False,
+                 progress: bool = True, stop_at: int | None = None) -> SliderResult:
+    dn = Denoiser(pipe)
+    paths = [p for g in cfg.site_groups() for p in resolve_sites(pipe, g)]
+    edit = EditParams(pipe, paths, mode="lora", rank=cfg.rank, alpha=cfg.alpha, name=cfg.name,
+                      conv_rank=cfg.conv_rank or (cfg.rank if cfg.sites == "c3lier" else None))
+    router = edit.router
+    opt = make_optimizer(cfg.optimizer, edit.parameters(), cfg.lr)
+    size = cfg.size or pipe_defaults(pipe)["size"]
+    sets = cfg.prompt_sets()
+    texts = sorted({t for s in sets for t in (s.target, s.positive, s.unconditional, s.neutral)}
+                   | ({cfg.image_pairs.prompt} if cfg.image_pairs else set()))
+    cond_all = dn.encode(texts)
+    cidx = {t: i for i, t in enumerate(texts)}
+
+    def cond(names):
+        idx = torch.tensor([cidx[n] for n in names])
+        return {k: (v[idx] if isinstance(v, torch.Tensor) else {kk: vv[idx] for kk, vv in v.items()})
+                for k, v in cond_all.items()}
+
+    bank, bank_round = None, -1
+
+    def get_bank(step):
+        nonlocal bank, bank_round
+        r = step // cfg.bank_refresh if cfg.bank_refresh else 0
+        if r != bank_round:
+            with router.disabled():
+                prompts = [s.target for s in sets for _ in range(cfg.bank_size)]
+                bank = dn.capture(prompts, steps=cfg.ddim_steps, guidance=cfg.sample_guidance,
+                                  seed=cfg.seed * 7_919 + r * 100_003, height=size, width=size,
+                                  progress=progress)
+            bank_round = r
+        return bank
+
+    pairs = None
+    if cfg.image_pairs is not None:
+        low, high = _load_pairs(cfg.image_pairs)
+        pairs = (encode_images(pipe, low), encode_images(pipe, high))
+        template = dn.capture([cfg.image_pairs.prompt], steps=1, guidance=1.0, seed=0,
+                              height=low.shape[2], width=low.shape[3]).take([0], [0])
+    ck = Checkpointer(checkpoint_dir)
+    start, losses = 0, []
+    if resume and ck.exists():
+        start, extra = ck.load(edit, opt)
+        losses = list(extra.get("losses", []))
+    t0 = time.time()
+    end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
+    bar = tqdm(range(start, end), desc=f"slider {cfg.name}", initial=start, total=cfg.iterations,
+               disable=not progress)
+    for step in bar:
+        g = step_generator(cfg.seed, step)
+        loss = 0.0
+        if sets:
+            loss = loss + _text_loss(dn, router, cfg, sets, cond, get_bank, step, g, size)
+        if pairs is not None:
+            loss = loss + _pair_loss(dn, router, cfg, pairs, template, cond, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.5f}")
+        if (step + 1) % cfg.checkpoint_every == 0:
+            ck.save(step + 1, edit, opt, {"losses": losses})
+    for p in edit.parameters():
+        p.requires_grad_(False)
+    router.set_scale(cfg.name, 1.0)
+    return SliderResult(pipe, cfg, edit, losses, time.time() - t0)
+
+
+def _text_loss(dn, router, cfg, sets, cond, get_bank, step, g, size):
+    picks = torch.randint(len(sets), (cfg.batch_size,), generator=g).tolist()
+    states = []
+    for j in picks:
+        k = int(torch.randint(cfg.ddim_steps, (1,), generator=g))
+        if cfg.sampler == "bank":
+            i = int(torch.randint(cfg.bank_size, (1,), generator=g))
+            states.append(get_bank(step).take([j * cfg.bank_size + i], [k]))
+        else:  # the paper's: partial denoising with the LoRA active
+            router.set_scale(cfg.name, 1.0)
+            sg = torch.Generator(dn.device).manual_seed(int(torch.randint(2 ** 31, (1,), generator=g)))
+            b = dn.capture([sets[j].target], steps=cfg.ddim_steps, guidance=cfg.sample_guidance,
+                           seed=0, height=size, width=size, stop_after=k, generators=[sg])
+            states.append(b.take([0], [b.n_steps - 1]))
+    state = dn.cat(states)
+    ps = [sets[j] for j in picks]
+    with torch.no_grad(), router.disabled():
+        outs = dn.predict(dn.cat([state] * 3), cond([p.neutral for p in ps] + [p.positive for p in ps]
+                                                    + [p.unconditional for p in ps])).float()
+        o_n, o_p, o_u = outs.chunk(3)
+        target = torch.cat([slider_target(o_n[i:i + 1], o_p[i:i + 1], o_u[i:i + 1], p.guidance, p.action)
+                            for i, p in enumerate(ps)])
+    router.set_scale(cfg.name, 1.0)
+    pred = dn.predict(state, cond([p.target for p in ps])).float()
+    return F.mse_loss(pred, target)
+
+
+def _pair_loss(dn, router, cfg, pairs, template, cond, g):
+    low, high = pairs
+    idx = torch.randint(len(low), (cfg.batch_size,), generator=g)
+    frac = float(torch.rand(1, generator=g)) * 0.98 + 0.01
+    noise = torch.randn(low[idx].shape, generator=g)
+    s = cfg.image_pairs.scale
+    total = 0.0
+    for lat, scale in ((high[idx], s), (low[idx], -s)):
+        state, target = noisy_state(dn, template, lat, noise, frac)
+        router.set_scale(cfg.name, scale)
+        pred = dn.predict(state, cond([cfg.image_pairs.prompt] * len(idx))).float()
+        total = total + F.mse_loss(pred, target.to(pred))
+    router.set_scale(cfg.name, 1.0)
+    return total

@@ -1,0 +1,72 @@
+"""UCE configuration (strict: unknown keys are errors naming the nearest key).
+
+Example::
+
+    >>> from concept_edit.methods.uce.config import UceConfig
+    >>> cfg = UceConfig(edit=["circle"], preserve=["square", "star"])
+    >>> cfg.guides()                       # one guide per edited concept ('' by default)
+    ['']
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ...core.config import ConfigError, StrictConfig, field
+
+MODES = ("erase", "moderate", "debias")
+TOKEN_POLICIES = ("last", "last+eos", "all")
+
+
+@dataclasses.dataclass
+class UceConfig(StrictConfig):
+    mode: str = field("erase", "erase (toward guides) | moderate (many words toward '') | debias")
+    edit: list[str] = field([], "concepts to edit (erase/moderate) or to debias")
+    guide: list[str] = field([""], "guide concept per edited concept, or one for all ('' = erase)")
+    preserve: list[str] = field([], "concepts whose keys/values must not move ('' is always kept)")
+    erase_scale: float = field(1.0, "s_e: weight of the edit constraints")
+    preserve_scale: float = field(1.0, "s_p: weight of the preserve constraints")
+    lamb: float = field(0.5, "lambda: ridge toward the original weights")
+    token_policy: str = field("last+eos", "edited tokens: last | last+eos | all (see docs)")
+    sites: str = field("text_kv", "site group to edit: text_kv, or text_in (FLUX context_embedder)")
+    templates: list[str] = field(["{}"], "prompt templates a concept expands into ('{}' = concept)")
+    timesteps: list[int] = field([999, 750, 500, 250, 1],
+                                 "timesteps whose layer inputs are constrained when the edited "
+                                 "layers read timestep-dependent text (MMDiT add_k/v_proj)")
+    # debias
+    attributes: list[str] = field([], "debias: attribute words, e.g. ['red', 'blue']")
+    ratios: list[float] = field([], "debias: wanted share of each attribute (sums to <= 1)")
+    rounds: int = field(8, "debias: generate-score-resolve rounds")
+    step: float = field(1.0, "debias: how far alphas move per unit of ratio error")
+    debias_samples: int = field(32, "debias: images per round per concept")
+    debias_tolerance: float = field(0.05, "debias: stop when every ratio is this close")
+    scorer: str = field("toy", "debias: attribute scorer ('toy' classifier, or 'clip:ARCH@WEIGHTS')")
+    seed: int = field(0, "seed of debias sampling")
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.token_policy not in TOKEN_POLICIES:
+            raise ConfigError(f"token_policy must be one of {', '.join(TOKEN_POLICIES)}, "
+                              f"got {self.token_policy!r}")
+        if not self.edit:
+            raise ConfigError("nothing to edit: give at least one concept (--erase/--debias or 'edit:')")
+        if self.mode != "debias" and len(self.guide) not in (1, len(self.edit)):
+            raise ConfigError(f"give one guide or one per edited concept ({len(self.edit)}), "
+                              f"got {len(self.guide)}")
+        if self.lamb < 0 or self.erase_scale < 0 or self.preserve_scale < 0:
+            raise ConfigError("lamb, erase_scale and preserve_scale must be >= 0")
+        if any("{}" not in t for t in self.templates):
+            raise ConfigError("every template must contain '{}' where the concept goes")
+        if self.mode == "debias":
+            if not self.attributes:
+                raise ConfigError("debias needs attributes, e.g. --attributes 'red; blue'")
+            if len(self.ratios) != len(self.attributes):
+                raise ConfigError(f"give one ratio per attribute ({len(self.attributes)}), got "
+                                  f"{len(self.ratios)}")
+            if any(r < 0 for r in self.ratios) or sum(self.ratios) > 1 + 1e-6:
+                raise ConfigError("ratios must be >= 0 and sum to at most 1")
+
+    def guides(self) -> list[str]:
+        if self.mode == "moderate":
+            return [""] * len(self.edit)
+        return self.guide * len(self.edit) if len(self.guide) == 1 else list(self.guide)

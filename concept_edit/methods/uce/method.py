@@ -1,0 +1,237 @@
+"""UCE: closed-form edits of the layers that read text (erase, moderate, debias).
+
+Example::
+
+    >>> from concept_edit.methods.uce import UceConfig, uce_edit
+    >>> result = uce_edit(pipe, UceConfig(edit=["circle"], preserve=["square", "star"]))
+    >>> result.save("erase-circle.safetensors")          # only the changed tensors + header
+    >>> with result.applied():                            # or apply_artifact(pipe, file)
+    ...     pipe("a circle")
+
+Rows of the least-squares system are the edited layers' own inputs (captured with the hook
+layer) at the token positions the policy selects: ``last`` (last word token of each text
+segment), ``last+eos`` (that token and every EOS/pad token after it; targets aligned by offset
+from the guide's last word token) or ``all`` (also the tokens before it, kept as they are).
+Layers whose inputs do not depend on the image (UNet/PixArt cross-attention, ``text_in``) share
+one factorisation; MMDiT ``add_k/v_proj`` read a text stream that evolves with the image, so
+their rows come from several denoising states and each layer is solved on its own inputs.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ...core.artifacts import save_weights_artifact
+from ...core.denoise import Denoiser
+from ...core.families import resolve_sites
+from ...core.registry import get_scorer
+from ...core.sampling import SampleSettings, generate, pipe_defaults
+from ...core.tokens import token_positions
+from ...core.trace import StopForward, TraceDict
+from ...core.weights import edited, snapshot
+from .config import UceConfig
+from .solve import UceSystem
+
+
+@dataclasses.dataclass
+class UceResult:
+    pipe: object
+    config: UceConfig
+    tensors: dict[str, torch.Tensor]      # '<component>.<path>.weight' -> edited weight
+    history: list[dict] = dataclasses.field(default_factory=list)
+
+    def save(self, path: str) -> dict:
+        return save_weights_artifact(self.pipe, self.tensors, path, "uce", self.config.to_dict(),
+                                     extra={"debias_history": self.history} if self.history else None)
+
+    @contextlib.contextmanager
+    def applied(self):
+        dn = Denoiser(self.pipe)
+        comp = dn.family.denoiser + "."
+        with edited(dn.module, {k[len(comp):]: v for k, v in self.tensors.items()}):
+            yield self.pipe
+
+
+class InputCapture:
+    """Inputs of the edited layers for batches of prompts (the hook layer does the reading)."""
+
+    def __init__(self, pipe, paths: list[str], static: bool, context_steps: int, seed: int):
+        self.dn = Denoiser(pipe)
+        self.paths = paths
+        self.static = static
+        d = pipe_defaults(pipe)
+        size = self._small_size(pipe) if static else d["size"]
+        bank = self.dn.capture([""], steps=1 if static else context_steps, guidance=1.0, seed=seed,
+                               height=size, width=size)
+        self.states = [bank.take([0], [s]) for s in range(bank.n_steps)]
+
+    @staticmethod
+    def _small_size(pipe) -> int:
+        vsf = getattr(pipe, "vae_scale_factor", 8)
+        unet = getattr(pipe, "unet", None)
+        down = 2 ** (len(unet.config.block_out_channels) - 1) if unet is not None else 2
+        return max(vsf * down * 2, 32)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], batch: int = 64) -> dict[str, torch.Tensor]:
+        """path -> (n_prompts, n_states, seq, features) fp32 (path '*' when all share one input)."""
+        out: dict[str, list] = {}
+        for i in range(0, len(prompts), batch):
+            chunk = prompts[i:i + batch]
+            cond = self.dn.encode(chunk)
+            per_state: dict[str, list] = {}
+            for st in self.states:
+                state = {k: (v.expand(len(chunk), *v.shape[1:]) if isinstance(v, torch.Tensor) and
+                             k not in self.dn.family.shared_kwargs else
+                             ({kk: vv.expand(len(chunk), *vv.shape[1:]) for kk, vv in v.items()}
+                              if isinstance(v, dict) else v)) for k, v in st.items()}
+                paths = self.paths[:1] if self.static else self.paths
+                with TraceDict(self.dn.module, paths, retain_input=True, retain_output=False,
+                               stop=self.static) as td:
+                    try:
+                        self.dn.predict(state, cond)
+                    except StopForward:
+                        pass
+                for p in paths:
+                    per_state.setdefault("*" if self.static else p, []).append(td[p].input.float())
+            for p, xs in per_state.items():
+                out.setdefault(p, []).append(torch.stack(xs, dim=1))
+        return {p: torch.cat(v) for p, v in out.items()}
+
+
+def _rows(X: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    """(states, seq, d) at positions -> (states * len(positions), d)."""
+    return X[:, positions].reshape(-1, X.shape[-1])
+
+
+def _aligned(pos_c, pos_g, policy: str) -> tuple[list[int], list[int], list[int]]:
+    """(edited positions, guide positions, kept positions) for one concept/guide pair."""
+    src, dst = [], []
+    for (off, length, lc), (_, _, lg) in zip(pos_c.segments, pos_g.segments):
+        if policy == "last":
+            src.append(off + lc)
+            dst.append(off + lg)
+            continue
+        for k in range(length - lc):  # last word token, then EOS and padding
+            src.append(off + lc + k)
+            dst.append(off + min(lg + k, length - 1))
+    keep = pos_c.prefix if policy == "all" else []
+    return src, dst, keep
+
+
+def _preserve_positions(pos, policy: str) -> list[int]:
+    return pos.last if policy == "last" else (pos.last + pos.trailing if policy == "last+eos" else pos.all())
+
+
+def expand(concept: str, templates: list[str]) -> list[str]:
+    return [t.format(concept) for t in templates] if concept else [""]
+
+
+def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[str, float]] | None = None):
+    """{input key: (C_e, T, C_p)} for the configured edit (debias: ``targets`` = alphas)."""
+    guides = cfg.guides() if cfg.mode != "debias" else [None] * len(cfg.edit)
+    edit_prompts, guide_prompts, attr_prompts = [], [], []
+    for concept, guide in zip(cfg.edit, guides):
+        for t in cfg.templates:
+            edit_prompts.append(t.format(concept))
+            guide_prompts.append(t.format(guide) if guide else "")
+            if cfg.mode == "debias":
+                attr_prompts.append([t.format(f"{a} {concept}") for a in cfg.attributes])
+    keep_prompts = sorted({p for c in cfg.preserve for p in expand(c, cfg.templates)} | {""})
+    flat_attr = [p for ps in attr_prompts for p in ps]
+    uniq = list(dict.fromkeys(edit_prompts + [g for g in guide_prompts] + keep_prompts + flat_attr))
+    X = cap(uniq)
+    idx = {p: i for i, p in enumerate(uniq)}
+    seq = next(iter(X.values())).shape[2]
+    pos = {p: token_positions(pipe, p, seq) for p in uniq}
+    systems = {}
+    for key, Xk in X.items():
+        ce, tt, cp = [], [], []
+        for j, (p, g) in enumerate(zip(edit_prompts, guide_prompts)):
+            xp = Xk[idx[p]]
+            if cfg.mode == "debias":
+                alphas = (targets or {}).get(cfg.edit[j // len(cfg.templates)], {})
+                src, dst, keep = _aligned(pos[p], pos[p], cfg.token_policy)
+                tgt = _rows(xp, dst)
+                for a, ap in zip(cfg.attributes, attr_prompts[j]):
+                    s2, d2, _ = _aligned(pos[p], pos[ap], cfg.token_policy)
+                    tgt = tgt + alphas.get(a, 0.0) * (_rows(Xk[idx[ap]], d2) - _rows(xp, s2))
+            else:
+                src, dst, keep = _aligned(pos[p], pos[g], cfg.token_policy)
+                tgt = _rows(Xk[idx[g]], dst)
+            ce.append(_rows(xp, src))
+            tt.append(tgt)
+            if keep:
+                cp.append(_rows(xp, keep))
+        for q in keep_prompts:
+            cp.append(_rows(Xk[idx[q]], _preserve_positions(pos[q], cfg.token_policy)))
+        systems[key] = (torch.cat(ce), torch.cat(tt), torch.cat(cp) if cp else None)
+    return systems
+
+
+def solve(cfg: UceConfig, pipe, cap: InputCapture, systems: dict, original: dict[str, torch.Tensor]):
+    """Edited weights (fp32) from the ORIGINAL weights for every edited layer."""
+    out = {}
+    for key, (ce, tt, cp) in systems.items():
+        sysm = UceSystem(ce, tt, cp, cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
+        paths = cap.paths if key == "*" else [key]
+        names = [f"{p}.weight" for p in paths]
+        for n, w in zip(names, sysm.apply_many([original[n] for n in names])):
+            out[n] = w
+    return out
+
+
+def _static(pipe, group: str) -> bool:
+    from ...core.families import detect_family
+
+    return group == "text_in" or detect_family(pipe) not in ("sd3", "flux")
+
+
+def uce_edit(pipe, cfg: UceConfig, progress: bool = True) -> UceResult:
+    dn = Denoiser(pipe)
+    paths = resolve_sites(pipe, cfg.sites)
+    if not paths:
+        raise ValueError(f"site group {cfg.sites!r} is empty for this {dn.family.name} model; use text_kv")
+    cap = InputCapture(pipe, paths, _static(pipe, cfg.sites), context_steps=5, seed=cfg.seed)
+    original = snapshot(dn.module, [f"{p}.weight" for p in paths])
+    comp = dn.family.denoiser
+    if cfg.mode != "debias":
+        new = solve(cfg, pipe, cap, build_rows(cfg, cap, pipe), original)
+        return UceResult(pipe, cfg, {f"{comp}.{k}": v for k, v in new.items()})
+    return _debias(pipe, cfg, cap, original, progress)
+
+
+def _debias(pipe, cfg: UceConfig, cap: InputCapture, original, progress: bool) -> UceResult:
+    """Generate, score, move alphas toward the wanted ratios, re-solve from the ORIGINAL W."""
+    scorer = get_scorer(cfg.scorer, attributes=cfg.attributes)
+    dn = Denoiser(pipe)
+    comp = dn.family.denoiser
+    alphas = {c: {a: 0.0 for a in cfg.attributes} for c in cfg.edit}
+    want = dict(zip(cfg.attributes, cfg.ratios))
+    history, best, new = [], None, {}
+    for r in tqdm(range(cfg.rounds), desc="debias", disable=not progress):
+        new = solve(cfg, pipe, cap, build_rows(cfg, cap, pipe, alphas), original) if r else {}
+        obs_all = {}
+        with edited(dn.module, new):
+            for c in cfg.edit:
+                imgs = generate(pipe, SampleSettings(prompt=expand(c, cfg.templates)[0],
+                                                     n=cfg.debias_samples, seed=cfg.seed + 1000 * r),
+                                progress=False)
+                labels = scorer(imgs)
+                obs_all[c] = {a: float(np.mean([lab == a for lab in labels])) for a in cfg.attributes}
+        err = max(abs(obs_all[c][a] - want[a]) for c in cfg.edit for a in cfg.attributes)
+        history.append({"round": r, "observed": obs_all, "alphas": {c: dict(v) for c, v in alphas.items()},
+                        "max_error": err})
+        if r and (best is None or err < best[0]):
+            best = (err, dict(new))
+        if err <= cfg.debias_tolerance:
+            break
+        for c in cfg.edit:
+            for a in cfg.attributes:
+                alphas[c][a] += cfg.step * (want[a] - obs_all[c][a])
+    final = best[1] if best else solve(cfg, pipe, cap, build_rows(cfg, cap, pipe, alphas), original)
+    return UceResult(pipe, cfg, {f"{comp}.{k}": v for k, v in final.items()}, history)
