@@ -9,6 +9,14 @@ import sys
 ERRORS = ()  # filled lazily to avoid importing heavy modules at parse time
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump): the message and where to look."""
+
+    def error(self, message: str):
+        print(f"concept-edit: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 class UsageError(ValueError):
     """Bad command-line input; the message says what to write instead."""
 

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from .common import (UsageError, add_model_args, fail, load_model, parse_apply, parse_size,
+from .common import (Parser, UsageError, add_model_args, fail, load_model, parse_apply, parse_size,
                      positive_int)
 
 
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..core.registry import methods
     from . import toyworld as toy_cli
 
-    p = argparse.ArgumentParser(prog="concept-edit", description="Edit concepts inside text-to-image "
+    p = Parser(prog="concept-edit", description="Edit concepts inside text-to-image "
                                 "diffusion models: erase (ESD, UCE), slide (Concept Sliders), audit.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -118,6 +118,35 @@ def cmd_render_pairs(args) -> None:
     print(f"wrote {args.n} small/large pairs to {args.out}/low and {args.out}/high")
 
 
+def _concept(text: str) -> dict:
+    if "=" not in text:
+        raise UsageError(f"bad --concept {text!r}: write AXIS=VALUE, e.g. shape=circle")
+    k, v = (t.strip() for t in text.split("=", 1))
+    from ..toyworld.classifier import VOCAB
+
+    if k not in VOCAB or v not in VOCAB[k]:
+        raise UsageError(f"bad --concept {text!r}: axes and values are "
+                         + "; ".join(f"{a}={'|'.join(vs)}" for a, vs in VOCAB.items()))
+    return {k: v}
+
+
+def cmd_erasure(args) -> None:
+    from ..eval.toy import erasure_report, strip
+
+    pipe = load_model(args)
+    rep = erasure_report(pipe, _concept(args.concept), edit=args.apply or None, seeds=args.seeds)
+    print(json.dumps(strip(rep), indent=1))
+
+
+def cmd_slider_eval(args) -> None:
+    from ..eval.toy import slider_report
+
+    pipe = load_model(args)
+    scales = [float(s) for s in args.scales.split(",")]
+    print(json.dumps(slider_report(pipe, args.apply, scales=scales, seeds=args.seeds,
+                                   metric=args.metric, start=args.slider_start), indent=1))
+
+
 def add_cli(sub) -> None:
     p = sub.add_parser("toyworld", help="the embedded toy world: train, score, evaluate, render")
     ts = p.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
@@ -151,6 +180,22 @@ def add_cli(sub) -> None:
     r.add_argument("--fix", action="append", default=[], metavar="ATTR=VALUE",
                    help="pin an attribute, e.g. --fix size=large --fix shape=circle")
     r.set_defaults(func=cmd_render)
+
+    er = ts.add_parser("erasure", help="erasure table (base vs edited) for one concept")
+    add_model_args(er)
+    er.add_argument("--concept", required=True, help="AXIS=VALUE, e.g. shape=circle, colour=red")
+    er.add_argument("--apply", action="append", default=[], help="edit file(s); none = base only")
+    er.add_argument("--seeds", type=positive_int("--seeds"), default=64)
+    er.set_defaults(func=cmd_erasure)
+
+    sl = ts.add_parser("slider", help="slider sweep: mean radius per scale, Spearman, preservation")
+    add_model_args(sl)
+    sl.add_argument("--apply", required=True)
+    sl.add_argument("--scales", default="-2,-1,0,1,2")
+    sl.add_argument("--metric", default="radius", help="radius, or a background value (striped)")
+    sl.add_argument("--slider-start", type=float, default=None)
+    sl.add_argument("--seeds", type=positive_int("--seeds"), default=64)
+    sl.set_defaults(func=cmd_slider_eval)
 
     rp = ts.add_parser("render-pairs", help="small/large pairs of the same scenes (image slider data)")
     rp.add_argument("out")

@@ -95,8 +95,12 @@ class Denoiser:
 
     # -- text ------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> dict:
-        """The text keyword inputs of the denoiser for ``prompts`` (no CFG doubling)."""
+    def encode(self, prompts: list[str], empty_is_uncond: bool = False) -> dict:
+        """The text keyword inputs of the denoiser for ``prompts`` (no CFG doubling).
+
+        ``empty_is_uncond``: encode '' the way the pipeline encodes the CFG unconditional branch
+        (SDXL with ``force_zeros_for_empty_prompt`` uses zeros there, not the text of '').
+        """
         p, f, dev = self.pipe, self.family.name, self.device
         prompts = list(prompts)
         if f in ("sd1", "sd2"):
@@ -105,7 +109,7 @@ class Denoiser:
         elif f == "sdxl":
             pe, _, pooled, _ = p.encode_prompt(prompts, device=dev, num_images_per_prompt=1,
                                                do_classifier_free_guidance=False)
-            if getattr(p.config, "force_zeros_for_empty_prompt", False):
+            if empty_is_uncond and getattr(p.config, "force_zeros_for_empty_prompt", False):
                 empty = torch.tensor([s == "" for s in prompts], device=pe.device)
                 pe = torch.where(empty[:, None, None], torch.zeros_like(pe), pe)
                 pooled = torch.where(empty[:, None], torch.zeros_like(pooled), pooled)

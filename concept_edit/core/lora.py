@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import warnings
 from typing import Callable
 
 import torch
@@ -80,11 +81,16 @@ class LoraRouter:
             for p in paths:
                 if isinstance(get_module(self.denoiser, p), nn.Conv2d):
                     rank_pattern[f"^{re.escape(p)}$"] = conv_rank
-        cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(paths),
+        # a full-match regex: a list would also match any module whose path merely ends with
+        # one of ours (top-level 'proj_out' vs 'single_transformer_blocks.0.proj_out')
+        target = "^(?:" + "|".join(re.escape(p) for p in paths) + ")$"
+        cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target,
                          init_lora_weights=init, rank_pattern=rank_pattern,
                          alpha_pattern={k: alpha for k in rank_pattern})
         frozen = {n for n, p in self.denoiser.named_parameters() if not p.requires_grad}
-        inject_adapter_in_model(cfg, self.denoiser, adapter_name=name)
+        with warnings.catch_warnings():  # peft warns about several adapters: that is the point
+            warnings.simplefilter("ignore")
+            inject_adapter_in_model(cfg, self.denoiser, adapter_name=name)
         for n, p in self.denoiser.named_parameters():  # peft may flip flags: only ours trainable
             if n in frozen or f".{name}." not in n:
                 p.requires_grad_(False)
@@ -249,20 +255,18 @@ class LoraRouter:
         return ad
 
     @torch.no_grad()
-    def fuse(self, name: str, scale: float | None = None) -> dict[str, torch.Tensor]:
-        """Merge an adapter into base weights at ``scale``; returns the original weights."""
+    def fuse(self, name: str) -> dict[str, torch.Tensor]:
+        """Merge adapter ``name`` at its scale into the base weights and drop it (no per-step
+        schedule then). Returns the original weights: ``assign(denoiser, saved)`` unfuses."""
         from .weights import snapshot
 
         ad = self._get(name)
-        keys = [f"{p}.weight" for p in ad.paths]
-        saved = snapshot(self.denoiser, keys)
-        for p, layer in self.layers(name):
+        saved = snapshot(self.denoiser, [f"{p}.weight" for p in ad.paths])
+        for _, layer in self.layers(name):
+            layer.scaling[name] = ad.scale * layer.lora_alpha[name] / layer.r[name]
             base = layer.get_base_layer()
-            delta = layer.get_delta_weight(name) * ((ad.scale if scale is None else scale)
-                                                     * layer.lora_alpha[name] / layer.r[name]
-                                                     / layer.scaling[name]
-                                                     if layer.scaling[name] else 0.0)
-            base.weight.add_(delta.to(base.weight.dtype))
+            base.weight.add_(layer.get_delta_weight(name).to(base.weight.dtype))
+        self.remove(name)
         return saved
 
 

@@ -30,7 +30,7 @@ class EditParams:
     MODES = ("lora", "direct")
 
     def __init__(self, pipe, paths: list[str], mode: str = "lora", rank: int = 4, alpha: float = 1.0,
-                 name: str = "edit", conv_rank: int | None = None, train: str = "AB"):
+                 name: str = "edit", conv_rank: int | None = None, train: str = "AB", seed: int = 0):
         if mode not in self.MODES:
             raise ValueError(f"training mode must be one of {', '.join(self.MODES)}, got {mode!r}")
         if not paths:
@@ -41,7 +41,9 @@ class EditParams:
         self.rank, self.alpha = rank, alpha
         if mode == "lora":
             self.router = lora_router(pipe)
-            self.router.add(name, self.paths, rank=rank, alpha=alpha, conv_rank=conv_rank)
+            with torch.random.fork_rng(devices=[]):  # LoRA init from the run's seed: reproducible
+                torch.manual_seed(seed)
+                self.router.add(name, self.paths, rank=rank, alpha=alpha, conv_rank=conv_rank)
             for p in self.router.parameters(name):
                 p.data = p.data.float()
             frozen = {"AB": "", "A": "B", "B": "A"}[train]

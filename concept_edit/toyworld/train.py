@@ -325,6 +325,34 @@ def quick_eval(cfg, vae, scale, unet, te, tokenizer, n: int = 64) -> dict:
             for k in ("shape", "colour", "size", "background")}
 
 
+SAMPLER_DEFAULTS = {"size": 64, "steps": 25, "guidance": 5.0}
+
+
+def portable_text_encoder(d: str) -> None:
+    """Re-save the text encoder with the ``text_model.`` key prefix that transformers 4 expects
+    (transformers 5 reads both; without it transformers 4 silently re-initialises the encoder)."""
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(d, "model.safetensors")
+    sd = load_file(path)
+    if not any(k.startswith("text_model.") for k in sd):
+        save_file({("text_model." + k if not k.startswith("text_model.") else k): v for k, v in sd.items()},
+                  path, metadata={"format": "pt"})
+
+
+def write_tokenizer_vocab(d: str) -> None:
+    """vocab.json + merges.txt beside tokenizer.json so slow/older tokenizer loaders work too."""
+    from ..core.tokenizers import write_clip_tokenizer_files
+
+    tmp = d + ".vocab"
+    write_clip_tokenizer_files(tmp)
+    for name in ("vocab.json", "merges.txt"):
+        os.replace(os.path.join(tmp, name), os.path.join(d, name))
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run(cfg: ToyTrainConfig) -> str:
     from ..core.tokenizers import clip_tokenizer
 
@@ -340,6 +368,10 @@ def run(cfg: ToyTrainConfig) -> str:
     pipe = assemble(vae, unet, te, tok, scale)
     with atomic_dir(cfg.out, keep=("README.md", "samples.png")) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        portable_text_encoder(os.path.join(tmp, "text_encoder"))
+        write_tokenizer_vocab(os.path.join(tmp, "tokenizer"))
+        with open(os.path.join(tmp, "concept_edit.json"), "w") as f:
+            json.dump(SAMPLER_DEFAULTS, f)
     with open(os.path.join(cfg.work, "train-time.json"), "a") as f:
         f.write(json.dumps({"session_seconds": round(time.time() - t0, 1)}) + "\n")
     return cfg.out

@@ -71,12 +71,12 @@ def train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: b
     rank, world = (acc.process_index, acc.num_processes) if acc else (0, 1)
     dn = Denoiser(pipe)
     edit = EditParams(pipe, resolve_sites(pipe, cfg.site_group()), mode=cfg.train, rank=cfg.rank,
-                      alpha=cfg.alpha, name="esd")
+                      alpha=cfg.alpha, name="esd", seed=cfg.seed)
     opt = make_optimizer(cfg.optimizer, edit.parameters(), cfg.lr)
     size = cfg.size or pipe_defaults(pipe)["size"]
     concepts = list(cfg.concepts)
     texts = sorted({c for c in concepts} | {cfg.anchor_for(c) for c in concepts} | {""})
-    cond = dn.encode(texts)
+    cond = dn.encode(texts, empty_is_uncond=True)  # '' plays the unconditional branch
     cidx = {t: i for i, t in enumerate(texts)}
 
     def cond_rows(names):

@@ -78,7 +78,8 @@ def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, res
     dn = Denoiser(pipe)
     paths = [p for g in cfg.site_groups() for p in resolve_sites(pipe, g)]
     edit = EditParams(pipe, paths, mode="lora", rank=cfg.rank, alpha=cfg.alpha, name=cfg.name,
-                      conv_rank=cfg.conv_rank or (cfg.rank if cfg.sites == "c3lier" else None))
+                      conv_rank=cfg.conv_rank or (cfg.rank if cfg.sites == "c3lier" else None),
+                      seed=cfg.seed)
     router = edit.router
     opt = make_optimizer(cfg.optimizer, edit.parameters(), cfg.lr)
     size = cfg.size or pipe_defaults(pipe)["size"]

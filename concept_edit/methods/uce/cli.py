@@ -14,7 +14,9 @@ def add_cli(sub) -> None:
     what.add_argument("--erase", help="concepts to erase, e.g. 'circle; striped'")
     what.add_argument("--moderate", help="many concepts to send to '' at once")
     what.add_argument("--debias", help="concepts to debias, e.g. 'circle'")
-    p.add_argument("--guide", help="guide concept(s): one, or one per erased concept (default '')")
+    p.add_argument("--guide", help="guide concept(s): one, or one per erased concept (default ''); "
+                                   "'a|b' averages guides")
+    p.add_argument("--guide-eta", type=float, help="push targets past the guide, away from the concept")
     p.add_argument("--preserve", help="concepts to keep, e.g. 'square; star'")
     p.add_argument("--attributes", help="debias: attribute words, e.g. 'red; blue'")
     p.add_argument("--ratios", help="debias: wanted shares, e.g. 0.5,0.5")
@@ -54,7 +56,7 @@ def run_cli(args) -> None:
             over["ratios"] = [float(x) for x in args.ratios.replace(";", ",").split(",") if x.strip()]
         except ValueError:
             raise UsageError(f"bad --ratios {args.ratios!r}: write numbers like 0.5,0.5") from None
-    for key in ("token_policy", "sites", "lamb", "erase_scale", "preserve_scale", "rounds",
+    for key in ("guide_eta", "token_policy", "sites", "lamb", "erase_scale", "preserve_scale", "rounds",
                 "scorer", "seed"):
         v = getattr(args, key)
         if v is not None:

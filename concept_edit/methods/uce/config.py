@@ -21,7 +21,10 @@ TOKEN_POLICIES = ("last", "last+eos", "all")
 class UceConfig(StrictConfig):
     mode: str = field("erase", "erase (toward guides) | moderate (many words toward '') | debias")
     edit: list[str] = field([], "concepts to edit (erase/moderate) or to debias")
-    guide: list[str] = field([""], "guide concept per edited concept, or one for all ('' = erase)")
+    guide: list[str] = field([""], "guide concept per edited concept, or one for all ('' = erase); "
+                                   "'a|b|c' averages several guides")
+    guide_eta: float = field(0.0, "push targets past the guide, away from the concept: "
+                                  "t = g + guide_eta (g - c); 0 = the reference's targets")
     preserve: list[str] = field([], "concepts whose keys/values must not move ('' is always kept)")
     erase_scale: float = field(1.0, "s_e: weight of the edit constraints")
     preserve_scale: float = field(1.0, "s_p: weight of the preserve constraints")

@@ -138,12 +138,14 @@ def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[
     for concept, guide in zip(cfg.edit, guides):
         for t in cfg.templates:
             edit_prompts.append(t.format(concept))
-            guide_prompts.append(t.format(guide) if guide else "")
+            alts = (guide or "").split("|")
+            guide_prompts.append([t.format(g.strip()) if g.strip() else "" for g in alts])
             if cfg.mode == "debias":
                 attr_prompts.append([t.format(f"{a} {concept}") for a in cfg.attributes])
     keep_prompts = sorted({p for c in cfg.preserve for p in expand(c, cfg.templates)} | {""})
     flat_attr = [p for ps in attr_prompts for p in ps]
-    uniq = list(dict.fromkeys(edit_prompts + [g for g in guide_prompts] + keep_prompts + flat_attr))
+    uniq = list(dict.fromkeys(edit_prompts + [g for gs in guide_prompts for g in gs] + keep_prompts
+                              + flat_attr))
     X = cap(uniq)
     idx = {p: i for i, p in enumerate(uniq)}
     seq = next(iter(X.values())).shape[2]
@@ -160,9 +162,14 @@ def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[
                 for a, ap in zip(cfg.attributes, attr_prompts[j]):
                     s2, d2, _ = _aligned(pos[p], pos[ap], cfg.token_policy)
                     tgt = tgt + alphas.get(a, 0.0) * (_rows(Xk[idx[ap]], d2) - _rows(xp, s2))
-            else:
-                src, dst, keep = _aligned(pos[p], pos[g], cfg.token_policy)
-                tgt = _rows(Xk[idx[g]], dst)
+            else:  # average of the guide alternatives, optionally pushed away from the concept
+                tgts = []
+                for gi in g:
+                    src, dst, keep = _aligned(pos[p], pos[gi], cfg.token_policy)
+                    tgts.append(_rows(Xk[idx[gi]], dst))
+                tgt = torch.stack(tgts).mean(0)
+                if cfg.guide_eta:
+                    tgt = tgt + cfg.guide_eta * (tgt - _rows(xp, src))
             ce.append(_rows(xp, src))
             tt.append(tgt)
             if keep:

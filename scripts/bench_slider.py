@@ -1,0 +1,125 @@
+"""Slider speed: training step vs a reference-style loop, and inference overhead (JSON, one run).
+
+    python scripts/bench_slider.py [--steps 20] [--images 16]
+
+Reference-style step (the paper's code): x_t by partial denoising with the LoRA active (k guided
+steps), four separate frozen forwards with the LoRA at 0 (target, positive, neutral,
+unconditional), then the trained forward. Ours: x_t from a frozen-model trajectory bank, the
+frozen passes in one batch, then the trained forward.
+Inference: 16 images at 25 steps, base vs one and three unfused sliders and one fused slider.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from concept_edit.core.denoise import Denoiser
+from concept_edit.core.families import resolve_sites
+from concept_edit.core.loading import load_pipeline
+from concept_edit.core.lora import lora_router
+from concept_edit.core.weights import assign
+from concept_edit.methods.slider import SliderConfig, train_slider
+
+PROMPTS = [dict(target="a {}", positive="a large {}", unconditional="a small {}", guidance=4.0)]
+
+
+def ours(pipe, steps):
+    cfg = SliderConfig.from_dict(dict(prompts=PROMPTS, preservation=["circle", "square"], iterations=steps + 1,
+                                      bank_size=4, ddim_steps=50, batch_size=1))
+    t0 = time.perf_counter()
+    r = train_slider(pipe, cfg, progress=False, stop_at=1)
+    first = time.perf_counter() - t0
+    r.edit.remove()
+    t0 = time.perf_counter()
+    r = train_slider(pipe, cfg, progress=False)
+    total = time.perf_counter() - t0
+    r.edit.remove()
+    return {"per_step_s": (total - first) / steps, "bank_and_first_step_s": first}
+
+
+def reference(pipe, steps, ddim=50):
+    dn = Denoiser(pipe)
+    router = lora_router(pipe)
+    router.add("ref", resolve_sites(pipe, "noxattn"), rank=4, alpha=1.0)
+    params = router.parameters("ref")
+    opt = torch.optim.AdamW(params, lr=2e-4)
+    names = ["a circle", "a large circle", "a small circle", ""]
+    cond = dn.encode(names)
+    pick = lambda i: {k: v[i:i + 1] for k, v in cond.items()}  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for step in range(steps + 1):
+        t0 = time.perf_counter()
+        k = int(torch.randint(1, ddim, (1,), generator=g))
+        router.set_scale("ref", 1.0)
+        bank = dn.capture(["a circle"], steps=ddim, guidance=3.0, seed=step, stop_after=k)  # LoRA active
+        state = bank.take([0], [bank.n_steps - 1])
+        with torch.no_grad(), router.disabled():
+            outs = [dn.predict(state, pick(i)) for i in (0, 1, 0, 2)]  # four separate passes
+            target = outs[2] + 4.0 * (outs[1] - outs[3])
+        pred = dn.predict(state, pick(0))
+        loss = F.mse_loss(pred, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step:
+            times.append(time.perf_counter() - t0)
+    router.remove("ref")
+    return {"per_step_s": sum(times) / len(times)}
+
+
+def gen_time(pipe, n, repeats=3):
+    best = float("inf")
+    for _ in range(repeats):
+        gens = [torch.Generator().manual_seed(i) for i in range(n)]
+        t0 = time.perf_counter()
+        pipe(["a red circle"] * n, num_inference_steps=25, guidance_scale=5.0, generator=gens, output_type="np")
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def inference(pipe, n):
+    router = lora_router(pipe)
+    paths = resolve_sites(pipe, "noxattn")
+    gen_time(pipe, n, 1)
+    out = {"base_s": gen_time(pipe, n)}
+    for i in range(3):
+        router.add(f"s{i}", paths, rank=4, alpha=1.0)
+        for p in router.parameters(f"s{i}", "B"):
+            p.data.normal_(0, 1e-3)
+        router.set_scale(f"s{i}", 1.5)
+        if i == 0:
+            out["one_unfused_s"] = gen_time(pipe, n)
+    out["three_unfused_s"] = gen_time(pipe, n)
+    router.remove("s1")
+    router.remove("s2")
+    saved = router.fuse("s0")
+    out["one_fused_s"] = gen_time(pipe, n)
+    assign(pipe.unet, saved)
+    for k in ("one_unfused", "three_unfused", "one_fused"):
+        out[f"{k}_overhead"] = round(out[f"{k}_s"] / out["base_s"] - 1, 4)
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    pipe = load_pipeline()
+    o = ours(pipe, a.steps)
+    r = reference(pipe, max(4, a.steps // 4))
+    out = {"model": "toy-world", "threads": a.threads,
+           "train": {"ours": o, "reference": r, "step_speedup": round(r["per_step_s"] / o["per_step_s"], 2)},
+           "inference": inference(pipe, a.images)}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Method quality on the toy world: the tables in docs/ and the closing notes (JSON).
+
+    python scripts/toy_quality.py uce    [--seeds 64] [--out out/quality]
+    python scripts/toy_quality.py esd    [--seeds 64]
+    python scripts/toy_quality.py slider [--seeds 64]
+
+Every edit is made with the public API / CLI code paths and scored with the toy classifier on
+fixed seeds (base and edited images share their noise).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from concept_edit import load_pipeline
+from concept_edit.eval.toy import composition_report, erasure_report, slider_report, strip
+from concept_edit.toyworld.classifier import load_classifier
+
+CONCEPTS = {"circle": {"shape": "circle"}, "red": {"colour": "red"}, "striped": {"background": "striped"}}
+KEEP = {"circle": ["square", "triangle", "star"], "red": ["green", "blue", "yellow"],
+        "striped": ["plain", "dotted"]}
+
+
+def save(out, name, obj):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, name + ".json"), "w") as f:
+        json.dump(obj, f, indent=1)
+    print(json.dumps(obj)[:2000], flush=True)
+
+
+def run_uce(pipe, a):
+    from concept_edit.methods.uce import UceConfig, uce_edit
+
+    clf = load_classifier()
+    bases, results = {}, {}
+
+    def report(name, concepts, cfg):
+        t0 = time.time()
+        res = uce_edit(pipe, cfg, progress=False)
+        secs = time.time() - t0
+        path = os.path.join(a.out, f"uce-{name}.safetensors")
+        res.save(path)
+        rows = {}
+        for c in concepts:
+            rep = erasure_report(pipe, CONCEPTS[c], edit=path, seeds=a.seeds, clf=clf, base=bases.get(c))
+            bases[c] = rep["_base"]
+            rows[c] = strip(rep)
+        results[name] = {"config": cfg.to_dict(), "solve_seconds": round(secs, 2), "reports": rows}
+        save(a.out, "uce", results)
+
+    for policy in ("last", "last+eos", "all"):
+        report(f"circle-{policy}", ["circle"], UceConfig(edit=["circle"], preserve=KEEP["circle"],
+                                                         token_policy=policy))
+    for eta in a.guide_etas:
+        report(f"circle-eta{eta}", ["circle"], UceConfig(edit=["circle"], preserve=KEEP["circle"],
+                                                         guide_eta=eta, token_policy=a.policy))
+    for c in ("red", "striped"):
+        report(f"{c}-eta{a.eta}", [c], UceConfig(edit=[c], preserve=KEEP[c], guide_eta=a.eta,
+                                                 token_policy=a.policy))
+    report(f"three-eta{a.eta}", ["circle", "red", "striped"],
+           UceConfig(edit=["circle", "red", "striped"], preserve=sum(KEEP.values(), []),
+                     guide_eta=a.eta, token_policy=a.policy))
+    # debias: "a circle" -> red/blue 50/50
+    cfg = UceConfig(mode="debias", edit=["circle"], attributes=["red", "blue"], ratios=[0.5, 0.5],
+                    preserve=KEEP["circle"], templates=["a {}"], rounds=a.rounds, debias_samples=32,
+                    token_policy=a.policy, seed=1)
+    import concept_edit.toyworld.classifier  # noqa: F401
+    t0 = time.time()
+    res = uce_edit(pipe, cfg, progress=True)
+    path = os.path.join(a.out, "uce-debias.safetensors")
+    res.save(path)
+    from concept_edit.eval.toy import applied, score
+
+    prompts = [{"prompt": "a circle"}]
+    base = score(pipe, prompts, a.seeds * 4, clf, seed0=90_000)[0]
+    with applied(pipe, [path]):
+        ed = score(pipe, prompts, a.seeds * 4, clf, seed0=90_000)[0]
+    share = lambda rows, k, v: sum(q[k] == v for q in rows) / len(rows)  # noqa: E731
+    results["debias"] = {
+        "seconds": round(time.time() - t0, 1), "history": res.history, "eval_seeds": len(ed),
+        "colour_base": {c: share(base, "colour", c) for c in ("red", "blue", "green", "yellow")},
+        "colour_edited": {c: share(ed, "colour", c) for c in ("red", "blue", "green", "yellow")},
+        "circle_base": share(base, "shape", "circle"), "circle_edited": share(ed, "shape", "circle")}
+    save(a.out, "uce", results)
+
+
+def run_esd(pipe, a):
+    from concept_edit.methods.esd import EsdConfig, train_esd
+
+    clf = load_classifier()
+    bases, results = {}, {}
+    base_cfg = EsdConfig.from_yaml("configs/esd/toy-circle-x.yaml")
+
+    def trial(name, concepts, **kw):
+        cfg = base_cfg.replace(concepts=concepts, **kw)
+        res = train_esd(pipe, cfg, progress=True)
+        path = os.path.join(a.out, f"esd-{name}.safetensors")
+        res.save(path)
+        res.edit.remove()
+        rows = {}
+        for c in concepts:
+            rep = erasure_report(pipe, CONCEPTS[c], edit=path, seeds=a.seeds, clf=clf, base=bases.get(c))
+            bases[c] = rep["_base"]
+            rows[c] = strip(rep)
+        results[name] = {"config": cfg.to_dict(), "train_seconds": round(res.seconds, 1),
+                         "final_loss": res.losses[-1], "reports": rows}
+        save(a.out, "esd", results)
+
+    trial("x-circle", ["circle"])
+    trial("u-circle", ["circle"], variant="u")
+    trial("x-circle-striped", ["circle", "striped"], iterations=2 * base_cfg.iterations)
+    trial("x-anchor-concept-eta2", ["circle"], anchor="{concept}", eta=2.0)
+    trial("x-anchor-concept-eta1", ["circle"], anchor="{concept}", eta=1.0)
+
+
+def run_slider(pipe, a):
+    from concept_edit.methods.slider import SliderConfig, train_slider
+
+    clf = load_classifier()
+    results = {}
+    paths = {}
+    for name, cfgfile in (("size", "configs/sliders/toy-size.yaml"),
+                          ("size-pairs", "configs/sliders/toy-size-pairs.yaml"),
+                          ("stripes", "configs/sliders/toy-stripes.yaml")):
+        cfg = SliderConfig.from_yaml(cfgfile)
+        res = train_slider(pipe, cfg, progress=True)
+        paths[name] = os.path.join(a.out, f"slider-{name}.safetensors")
+        res.save(paths[name])
+        res.edit.remove()
+        metric = "striped" if name == "stripes" else "radius"
+        rep = slider_report(pipe, paths[name], seeds=a.seeds, metric=metric, clf=clf)
+        rep["train_seconds"] = round(res.seconds, 1)
+        results[name] = rep
+        save(a.out, "slider", results)
+    results["composition"] = composition_report(pipe, (paths["size"], "radius"), (paths["stripes"], "striped"),
+                                                seeds=a.seeds, clf=clf)
+    save(a.out, "slider", results)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["uce", "esd", "slider"])
+    ap.add_argument("--seeds", type=int, default=64)
+    ap.add_argument("--out", default="out/quality")
+    ap.add_argument("--policy", default="last+eos")
+    ap.add_argument("--eta", type=float, default=0.0, help="UCE guide_eta for red/striped/three")
+    ap.add_argument("--guide-etas", type=float, nargs="*", default=[])
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    pipe = load_pipeline()
+    {"uce": run_uce, "esd": run_esd, "slider": run_slider}[a.what](pipe, a)
+
+
+if __name__ == "__main__":
+    main()

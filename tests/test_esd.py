@@ -1,0 +1,99 @@
+"""ESD: target formula, variants on every family, off == base, resume, errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from concept_edit.core.artifacts import apply_artifact
+from concept_edit.core.config import ConfigError
+from concept_edit.core.denoise import Denoiser
+from concept_edit.core.families import resolve_sites
+from concept_edit.core.io import load_safetensors
+from concept_edit.core.training import EditParams
+from concept_edit.methods.esd import EsdConfig, esd_target, train_esd
+
+from conftest import FAMILIES
+
+TINY = dict(iterations=2, bank_size=2, ddim_steps=4, lr=1e-2)
+
+
+def test_target_formula():
+    a, c, e = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 5.0]), torch.tensor([0.5, 1.0])
+    assert torch.equal(esd_target(a, c, e, 1.0), torch.tensor([-1.5, -2.0]))
+    assert torch.equal(esd_target(a, c, e, 2.0), a - 2 * (c - e))
+    # the newer code's anchor = concept at eta = 2 is the paper's anchor '' at eta = 1
+    assert torch.equal(esd_target(c, c, e, 2.0), esd_target(e, c, e, 1.0))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_variants_select_correct_sets_and_train(tiny_pipe, family, tmp_path):
+    pipe = tiny_pipe(family)
+    x, u, full = (set(resolve_sites(pipe, g)) for g in ("xattn", "esd_u", "all"))
+    strict = set(resolve_sites(pipe, "text_kv"))
+    assert strict and strict <= x and x.isdisjoint(u) and u | x <= full
+    for variant, train in (("x", "lora"), ("u", "direct"), ("x-strict", "direct"), ("self", "lora")):
+        cfg = EsdConfig(concepts=["circle"], variant=variant, train=train, **TINY)
+        res = train_esd(pipe, cfg, progress=False)
+        assert set(res.edit.paths) == set(resolve_sites(pipe, cfg.site_group())) and res.edit.paths
+        assert len(res.losses) == 2 and all(map(lambda v: v == v, res.losses))
+        path = str(tmp_path / f"{variant}.safetensors")
+        res.save(path)
+        res.edit.remove()
+        h = apply_artifact(pipe, path)
+        h.remove()
+
+
+@pytest.mark.parametrize("mode", ["lora", "direct"])
+def test_edit_off_equals_base(tiny_pipe, mode):
+    pipe = tiny_pipe("sd1")
+    dn = Denoiser(pipe)
+    state = dn.capture(["a circle"], steps=2, guidance=3.0, seed=0).take([0], [1])
+    cond = dn.encode(["a circle"])
+    with torch.no_grad():
+        base = dn.predict(state, cond)
+    edit = EditParams(pipe, resolve_sites(pipe, "xattn"), mode=mode, name="t")
+    with torch.no_grad():
+        for p in edit.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        assert not torch.equal(dn.predict(state, cond), base)
+        with edit.off():
+            assert torch.equal(dn.predict(state, cond), base)
+        assert not torch.equal(dn.predict(state, cond), base)
+    edit.remove()
+    with torch.no_grad():
+        assert torch.equal(dn.predict(state, cond), base)
+
+
+def test_resume_equals_uninterrupted(tiny_pipe, tmp_path):
+    cfg = EsdConfig(concepts=["circle", "square"], variant="x", checkpoint_every=2, batch_size=2,
+                    **{**TINY, "iterations": 4})
+    a = train_esd(tiny_pipe("sd1"), cfg, progress=False)
+    ck = str(tmp_path / "ck")
+    train_esd(tiny_pipe("sd1"), cfg, checkpoint_dir=ck, progress=False, stop_at=2)  # "interrupted"
+    b = train_esd(tiny_pipe("sd1"), cfg, checkpoint_dir=ck, resume=True, progress=False)
+    assert a.losses == b.losses
+    ta, tb = a.edit.artifact_tensors(), b.edit.artifact_tensors()
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_errors_name_valid_choices(tiny_pipe):
+    with pytest.raises(ConfigError, match="x, x-strict, u, self, full"):
+        EsdConfig(concepts=["circle"], variant="xx")
+    with pytest.raises(ConfigError, match="concept"):
+        EsdConfig(concepts=[])
+    with pytest.raises(ValueError, match="selects no parameters"):
+        EditParams(tiny_pipe("sd3"), resolve_sites(tiny_pipe("sd3"), "resnets"), name="e")
+
+
+def test_accelerate_launch_one_cpu_process(tiny_dirs, tmp_path):
+    out = str(tmp_path / "acc.safetensors")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "concept_edit.cli.main", "esd", "--model", tiny_dirs("sd1"), "--concept", "circle",
+           "--steps", "2", "--out", out]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert any(k.endswith("lora_A.weight") for k in load_safetensors(out))
