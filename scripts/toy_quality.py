@@ -39,6 +39,8 @@ def run_uce(pipe, a):
     bases, results = {}, {}
 
     def report(name, concepts, cfg):
+        if a.only and name not in a.only:
+            return
         t0 = time.time()
         res = uce_edit(pipe, cfg, progress=False)
         secs = time.time() - t0
@@ -46,7 +48,8 @@ def run_uce(pipe, a):
         res.save(path)
         rows = {}
         for c in concepts:
-            rep = erasure_report(pipe, CONCEPTS[c], edit=path, seeds=a.seeds, clf=clf, base=bases.get(c))
+            rep = erasure_report(pipe, CONCEPTS[c], edit=path, seeds=a.seeds, clf=clf, base=bases.get(c),
+                                 n_target=a.n_target, n_other=a.n_other)
             bases[c] = rep["_base"]
             rows[c] = strip(rep)
         results[name] = {"config": cfg.to_dict(), "solve_seconds": round(secs, 2), "reports": rows}
@@ -65,6 +68,8 @@ def run_uce(pipe, a):
            UceConfig(edit=["circle", "red", "striped"], preserve=sum(KEEP.values(), []),
                      guide_eta=a.eta, token_policy=a.policy))
     # debias: "a circle" -> red/blue 50/50
+    if a.only and "debias" not in a.only:
+        return
     cfg = UceConfig(mode="debias", edit=["circle"], attributes=["red", "blue"], ratios=[0.5, 0.5],
                     preserve=KEEP["circle"], templates=["a {}"], rounds=a.rounds, debias_samples=32,
                     token_policy=a.policy, seed=1)
@@ -96,6 +101,8 @@ def run_esd(pipe, a):
     base_cfg = EsdConfig.from_yaml("configs/esd/toy-circle-x.yaml")
 
     def trial(name, concepts, **kw):
+        if a.only and name not in a.only:
+            return
         cfg = base_cfg.replace(concepts=concepts, **kw)
         res = train_esd(pipe, cfg, progress=True)
         path = os.path.join(a.out, f"esd-{name}.safetensors")
@@ -103,7 +110,8 @@ def run_esd(pipe, a):
         res.edit.remove()
         rows = {}
         for c in concepts:
-            rep = erasure_report(pipe, CONCEPTS[c], edit=path, seeds=a.seeds, clf=clf, base=bases.get(c))
+            rep = erasure_report(pipe, CONCEPTS[c], edit=path, seeds=a.seeds, clf=clf, base=bases.get(c),
+                                 n_target=a.n_target, n_other=a.n_other)
             bases[c] = rep["_base"]
             rows[c] = strip(rep)
         results[name] = {"config": cfg.to_dict(), "train_seconds": round(res.seconds, 1),
@@ -150,6 +158,9 @@ def main():
     ap.add_argument("--eta", type=float, default=0.0, help="UCE guide_eta for red/striped/three")
     ap.add_argument("--guide-etas", type=float, nargs="*", default=[])
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--n-target", type=int, default=4, help="prompts naming the concept")
+    ap.add_argument("--n-other", type=int, default=8, help="full prompts naming other values")
+    ap.add_argument("--only", nargs="*", default=[], help="run only these trials (names as in the JSON)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

@@ -184,7 +184,8 @@ def test_save_reload_identical(tiny_pipe, tiny_dirs, family, tmp_path):
     from concept_edit.core.loading import load_pipeline
 
     pipe = tiny_pipe(family)
-    s = SampleSettings(prompt="a blue square", n=2, seed=3)
+    # resolve the sampler defaults first: a plain save_pretrained does not carry concept_edit.json
+    s = SampleSettings(prompt="a blue square", n=2, seed=3).resolved(pipe)
     a = generate(pipe, s, progress=False)
     pipe.save_pretrained(tmp_path / "again", safe_serialization=True)
     b = generate(load_pipeline(str(tmp_path / "again")), s, progress=False)

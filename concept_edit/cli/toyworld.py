@@ -61,7 +61,7 @@ def cmd_evaluate(args) -> None:
 
     pipe = load_model(args)
     rep = evaluate(pipe, seeds=args.seeds, which=args.prompts, classifier=args.classifier,
-                   batch=args.batch)
+                   batch=args.batch, max_prompts=args.max_prompts)
     text = json.dumps(rep if args.per_prompt else {k: v for k, v in rep.items() if k != "per_prompt"},
                       indent=1)
     if args.out:
@@ -163,6 +163,9 @@ def add_cli(sub) -> None:
     e.add_argument("--seeds", type=positive_int("--seeds"), default=64)
     e.add_argument("--prompts", choices=["all", "full", "partial"], default="all")
     e.add_argument("--classifier", default=None)
+    e.add_argument("--max-prompts", type=positive_int("--max-prompts"), default=None,
+                   help="a seeded subset of the grammar's prompts, stratified by named attributes "
+                        "(the full 240 x 64 seeds takes hours on 2 CPU cores)")
     e.add_argument("--batch", type=positive_int("--batch"), default=64)
     e.add_argument("--per-prompt", action="store_true", help="print every prompt's row too")
     e.add_argument("--out", default=None, help="also write the full JSON (with per-prompt rows) here")

@@ -234,6 +234,22 @@ class Denoiser:
         return out
 
 
+class CondTable:
+    """Prompts encoded once; ``table(names)`` gives the batched text kwargs for those names.
+
+    Example: ``cond = CondTable(dn, ["a circle", ""]); dn.predict(state, cond(["a circle"] * 4))``
+    """
+
+    def __init__(self, dn: "Denoiser", texts, empty_is_uncond: bool = False):
+        self.texts = sorted(set(texts))
+        self.index = {t: i for i, t in enumerate(self.texts)}
+        self.table = dn.encode(self.texts, empty_is_uncond=empty_is_uncond)
+
+    def __call__(self, names) -> dict:
+        idx = torch.tensor([self.index[n] for n in names])
+        return _map(self.table, lambda t: t[idx.to(t.device)])
+
+
 def cat_states(states: list[dict], shared_keys=()) -> dict:
     """Concatenate states along the batch; ``shared_keys`` (no batch dim) are taken once."""
     shared = {k: states[0][k] for k in shared_keys if k in states[0]}

@@ -72,8 +72,23 @@ def classifier_report(clf, n: int = 2000, seed: int = 777, vae=None) -> dict:
     return out
 
 
+def subset_prompts(prompts: list[dict], max_prompts: int, seed: int = 0) -> list[dict]:
+    """A seeded subset of about ``max_prompts`` prompts, stratified by how many attributes
+    they name (every stratum keeps at least one prompt), in the grammar's order."""
+    if max_prompts >= len(prompts):
+        return prompts
+    rng = np.random.default_rng(seed)
+    keep = []
+    for k in sorted({len(p["named"]) for p in prompts}):
+        idx = [i for i, p in enumerate(prompts) if len(p["named"]) == k]
+        n = max(1, round(max_prompts * len(idx) / len(prompts)))
+        keep += list(rng.choice(idx, size=min(n, len(idx)), replace=False))
+    return [prompts[i] for i in sorted(keep)]
+
+
 def evaluate(pipe, seeds: int = 64, which: str = "all", classifier: str | None = None,
-             batch: int = 64, seed0: int = 10_000, progress: bool = True) -> dict:
+             batch: int = 64, seed0: int = 10_000, progress: bool = True,
+             max_prompts: int | None = None) -> dict:
     clf = load_classifier(classifier)
     report: dict = {"seeds_per_prompt": seeds, "sampler": {"steps": 25, "guidance": 5.0,
                                                             "scheduler": type(pipe.scheduler).__name__}}
@@ -84,6 +99,10 @@ def evaluate(pipe, seeds: int = 64, which: str = "all", classifier: str | None =
         prompts = [p for p in prompts if len(p["named"]) == 4]
     elif which == "partial":
         prompts = [p for p in prompts if len(p["named"]) < 4]
+    report["grammar_prompts"] = len(prompts)
+    if max_prompts:
+        prompts = subset_prompts(prompts, max_prompts)
+    report["evaluated_prompts"] = len(prompts)
     imgs = sample_prompts(pipe, [p["prompt"] for p in prompts], seeds, seed0, batch=batch,
                           progress=progress)
     preds = predict(clf, imgs)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ...core.artifacts import save_lora_artifact, save_weights_artifact
-from ...core.denoise import Denoiser
+from ...core.denoise import CondTable, Denoiser
 from ...core.families import resolve_sites
 from ...core.sampling import pipe_defaults
 from ...core.training import Checkpointer, EditParams, make_optimizer, step_generator
@@ -75,14 +75,8 @@ def train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: b
     opt = make_optimizer(cfg.optimizer, edit.parameters(), cfg.lr)
     size = cfg.size or pipe_defaults(pipe)["size"]
     concepts = list(cfg.concepts)
-    texts = sorted({c for c in concepts} | {cfg.anchor_for(c) for c in concepts} | {""})
-    cond = dn.encode(texts, empty_is_uncond=True)  # '' plays the unconditional branch
-    cidx = {t: i for i, t in enumerate(texts)}
-
-    def cond_rows(names):
-        idx = torch.tensor([cidx[n] for n in names])
-        return {k: (v[idx] if isinstance(v, torch.Tensor) else {kk: vv[idx] for kk, vv in v.items()})
-                for k, v in cond.items()}
+    texts = set(concepts) | {cfg.anchor_for(c) for c in concepts} | {""}
+    cond_rows = CondTable(dn, texts, empty_is_uncond=True)  # '' plays the unconditional branch
 
     banks = {}
     if cfg.sampler == "bank":

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ...core.artifacts import save_lora_artifact
-from ...core.denoise import Denoiser, encode_images, noisy_state
+from ...core.denoise import CondTable, Denoiser, encode_images, noisy_state
 from ...core.families import resolve_sites
 from ...core.sampling import pipe_defaults
 from ...core.training import Checkpointer, EditParams, make_optimizer, step_generator
@@ -84,15 +84,8 @@ def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, res
     opt = make_optimizer(cfg.optimizer, edit.parameters(), cfg.lr)
     size = cfg.size or pipe_defaults(pipe)["size"]
     sets = cfg.prompt_sets()
-    texts = sorted({t for s in sets for t in (s.target, s.positive, s.unconditional, s.neutral)}
-                   | ({cfg.image_pairs.prompt} if cfg.image_pairs else set()))
-    cond_all = dn.encode(texts)
-    cidx = {t: i for i, t in enumerate(texts)}
-
-    def cond(names):
-        idx = torch.tensor([cidx[n] for n in names])
-        return {k: (v[idx] if isinstance(v, torch.Tensor) else {kk: vv[idx] for kk, vv in v.items()})
-                for k, v in cond_all.items()}
+    texts = {t for s in sets for t in (s.target, s.positive, s.unconditional, s.neutral)}
+    cond = CondTable(dn, texts | ({cfg.image_pairs.prompt} if cfg.image_pairs else set()))
 
     bank, bank_round = None, -1
 
