@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -156,8 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--scales -2,-1,0`` -> ``--scales=-2,-1,0``: argparse would read a value starting with
+    '-' as an option unless it is a single number."""
+    out, i = [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if (tok.startswith("--") and "=" not in tok and i + 1 < len(argv)
+                and re.match(r"^-[\d.][\d.,\s-]*$", argv[i + 1])):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     from ..core.config import ConfigError
     from ..core.io import ArtifactError
