@@ -62,8 +62,9 @@ EMA 0.999 exported. Wall time on a 2-core CPU machine (other work running at tim
 
 ## What it measures (`concept-edit toyworld evaluate --seeds 64`)
 
-All {n_prompts} prompts of the v1 grammar, {seeds} seeds each (fresh seeds from 10,000),
-default sampler, scored by `weights/toy-classifier`.
+{n_prompts} of the v1 grammar's {grammar_n} prompts ({subset}), {seeds} seeds each (fresh seeds
+from 10,000), default sampler, scored by `weights/toy-classifier`. Reproduce:
+`{command}`
 
 | check | shape | colour | size | background | radius MAE (px) |
 |---|---|---|---|---|---|
@@ -117,7 +118,13 @@ def main():
         rows="\n".join(f"{i + 1}. `{p}`" for i, p in enumerate(PROMPTS)),
         vae=f"{n(pipe.vae):,}", te=f"{n(pipe.text_encoder):,}", unet=f"{n(pipe.unet):,}",
         size_mb=size / 2 ** 20, scale=pipe.vae.config.scaling_factor, train_time=a.train_time,
-        n_prompts=len(rep["per_prompt"]), seeds=rep["seeds_per_prompt"], cr=rep["classifier_renders"],
+        n_prompts=len(rep["per_prompt"]), grammar_n=rep.get("grammar_prompts", len(rep["per_prompt"])),
+        subset=("all of them" if len(rep["per_prompt"]) == rep.get("grammar_prompts", len(rep["per_prompt"]))
+                else "a seeded subset stratified by how many attributes a prompt names; all 240 x 64 "
+                     "seeds takes about 70 min on 2 cores"),
+        command=("concept-edit toyworld evaluate --seeds {} {}--out eval.json".format(
+            rep["seeds_per_prompt"], "" if "evaluated_prompts" not in rep or rep["evaluated_prompts"] ==
+            rep.get("grammar_prompts") else f"--max-prompts {rep['evaluated_prompts']} ")), seeds=rep["seeds_per_prompt"], cr=rep["classifier_renders"],
         cv=rep["classifier_vae_recon"], fu=rep["full"]["named_attribute_rates"],
         full_n=rep["full"]["prompts"], part_n=rep["partial"]["prompts"], pa=pa,
         pa_colour=f"{pa.get('colour', float('nan')):.3f}", pa_size=f"{pa.get('size', float('nan')):.3f}",

@@ -17,10 +17,55 @@ import time
 import torch
 
 from concept_edit import load_pipeline
-from concept_edit.eval.toy import composition_report, erasure_report, slider_report, strip
+from concept_edit.eval.toy import SLIDER_PROMPTS, composition_report, erasure_report, slider_report, strip
 from concept_edit.toyworld.classifier import load_classifier
 
 CONCEPTS = {"circle": {"shape": "circle"}, "red": {"colour": "red"}, "striped": {"background": "striped"}}
+AXIS = {"circle": "shape", "red": "colour", "striped": "background"}
+# Prompt templates in the toy grammar's word order: a concept is edited in the contexts users
+# write it in (UCE's `templates`), with the guide '' in the same context.
+TEMPLATES = {
+    "shape": ["{}", "a {}", "a large {}", "a small {}", "a red {}", "a green {}", "a blue {}", "a yellow {}",
+              "a {} on a plain background", "a {} on a striped background", "a {} on a dotted background"],
+    "colour": ["{}", "a {} circle", "a {} square", "a {} triangle", "a {} star", "a large {} circle",
+               "a small {} square", "a {} triangle on a plain background", "a {} star on a striped background",
+               "a {} circle on a dotted background"],
+    "background": ["a {} background", "a circle on a {} background", "a square on a {} background",
+                   "a triangle on a {} background", "a star on a {} background",
+                   "a red circle on a {} background", "a large square on a {} background",
+                   "a small star on a {} background"],
+}
+
+# guide_eta per axis: objects need the push past the guide, attributes do not (eta 1 on
+# 'striped' or 'red' damages other attributes: see docs/uce.md)
+ETA = {"shape": 1.0, "colour": 0.0, "background": 0.0}
+
+
+def expand(concepts, keep):
+    """(edit prompts, guides, preserve prompts) for concepts erased in their contexts."""
+    edit, guide, pres, etas = [], [], [], []
+    for c in concepts:
+        for t in TEMPLATES[AXIS[c]]:
+            edit.append(t.format(c))
+            guide.append(" ".join(t.format("").split()))
+            pres += [t.format(k) for k in keep[c]
+                     # a preserved prompt must not contain another erased concept
+                     if not any(o in t.format(k).split() for o in concepts)]
+            etas.append(ETA[AXIS[c]])
+    return edit, guide, pres, etas
+
+
+def uce_cfg(concepts, a, policy=None, **kw):
+    from concept_edit.methods.uce import UceConfig
+
+    if not a.templates:
+        return UceConfig(edit=list(concepts), preserve=sum((KEEP[c] for c in concepts), []),
+                         guide_eta=a.eta, token_policy=policy or a.policy, **kw)
+    edit, guide, pres, etas = expand(concepts, KEEP)
+    return UceConfig(edit=edit, guide=guide, preserve=pres, guide_etas=etas,
+                     token_policy=policy or a.policy, **kw)
+
+
 KEEP = {"circle": ["square", "triangle", "star"], "red": ["green", "blue", "yellow"],
         "striped": ["plain", "dotted"]}
 
@@ -56,17 +101,10 @@ def run_uce(pipe, a):
         save(a.out, "uce", results)
 
     for policy in ("last", "last+eos", "all"):
-        report(f"circle-{policy}", ["circle"], UceConfig(edit=["circle"], preserve=KEEP["circle"],
-                                                         token_policy=policy))
-    for eta in a.guide_etas:
-        report(f"circle-eta{eta}", ["circle"], UceConfig(edit=["circle"], preserve=KEEP["circle"],
-                                                         guide_eta=eta, token_policy=a.policy))
+        report(f"circle-{policy}", ["circle"], uce_cfg(["circle"], a, policy))
     for c in ("red", "striped"):
-        report(f"{c}-eta{a.eta}", [c], UceConfig(edit=[c], preserve=KEEP[c], guide_eta=a.eta,
-                                                 token_policy=a.policy))
-    report(f"three-eta{a.eta}", ["circle", "red", "striped"],
-           UceConfig(edit=["circle", "red", "striped"], preserve=sum(KEEP.values(), []),
-                     guide_eta=a.eta, token_policy=a.policy))
+        report(c, [c], uce_cfg([c], a))
+    report("three", ["circle", "red", "striped"], uce_cfg(["circle", "red", "striped"], a))
     # debias: "a circle" -> red/blue 50/50
     if a.only and "debias" not in a.only:
         return
@@ -134,16 +172,21 @@ def run_slider(pipe, a):
     for name, cfgfile in (("size", "configs/sliders/toy-size.yaml"),
                           ("size-pairs", "configs/sliders/toy-size-pairs.yaml"),
                           ("stripes", "configs/sliders/toy-stripes.yaml")):
+        if a.only and name not in a.only:
+            continue
         cfg = SliderConfig.from_yaml(cfgfile)
         res = train_slider(pipe, cfg, progress=True)
         paths[name] = os.path.join(a.out, f"slider-{name}.safetensors")
         res.save(paths[name])
         res.edit.remove()
         metric = "striped" if name == "stripes" else "radius"
-        rep = slider_report(pipe, paths[name], seeds=a.seeds, metric=metric, clf=clf)
+        rep = slider_report(pipe, paths[name], seeds=a.seeds, metric=metric, clf=clf,
+                            prompts=SLIDER_PROMPTS[::len(SLIDER_PROMPTS) // a.slider_prompts])
         rep["train_seconds"] = round(res.seconds, 1)
         results[name] = rep
         save(a.out, "slider", results)
+    if len(paths) < 3:
+        return
     results["composition"] = composition_report(pipe, (paths["size"], "radius"), (paths["stripes"], "striped"),
                                                 seeds=a.seeds, clf=clf)
     save(a.out, "slider", results)
@@ -156,11 +199,12 @@ def main():
     ap.add_argument("--out", default="out/quality")
     ap.add_argument("--policy", default="last+eos")
     ap.add_argument("--eta", type=float, default=0.0, help="UCE guide_eta for red/striped/three")
-    ap.add_argument("--guide-etas", type=float, nargs="*", default=[])
+    ap.add_argument("--templates", action="store_true", help="edit concepts in the grammar's contexts")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--n-target", type=int, default=4, help="prompts naming the concept")
     ap.add_argument("--n-other", type=int, default=8, help="full prompts naming other values")
     ap.add_argument("--only", nargs="*", default=[], help="run only these trials (names as in the JSON)")
+    ap.add_argument("--slider-prompts", type=int, default=8, help="every k-th of the 8 sweep prompts")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

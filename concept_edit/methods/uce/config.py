@@ -25,6 +25,8 @@ class UceConfig(StrictConfig):
                                    "'a|b|c' averages several guides")
     guide_eta: float = field(0.0, "push targets past the guide, away from the concept: "
                                   "t = g + guide_eta (g - c); 0 = the reference's targets")
+    guide_etas: list[float] = field([], "one guide_eta per edited concept (overrides guide_eta); "
+                                        "attributes often want 0 where objects want 1")
     preserve: list[str] = field([], "concepts whose keys/values must not move ('' is always kept)")
     erase_scale: float = field(1.0, "s_e: weight of the edit constraints")
     preserve_scale: float = field(1.0, "s_p: weight of the preserve constraints")
@@ -56,6 +58,9 @@ class UceConfig(StrictConfig):
         if self.mode != "debias" and len(self.guide) not in (1, len(self.edit)):
             raise ConfigError(f"give one guide or one per edited concept ({len(self.edit)}), "
                               f"got {len(self.guide)}")
+        if self.guide_etas and len(self.guide_etas) != len(self.edit):
+            raise ConfigError(f"give one guide_etas value per edited concept ({len(self.edit)}), "
+                              f"got {len(self.guide_etas)}")
         if self.lamb < 0 or self.erase_scale < 0 or self.preserve_scale < 0:
             raise ConfigError("lamb, erase_scale and preserve_scale must be >= 0")
         if any("{}" not in t for t in self.templates):
@@ -68,6 +73,9 @@ class UceConfig(StrictConfig):
                                   f"{len(self.ratios)}")
             if any(r < 0 for r in self.ratios) or sum(self.ratios) > 1 + 1e-6:
                 raise ConfigError("ratios must be >= 0 and sum to at most 1")
+
+    def etas(self) -> list[float]:
+        return [float(e) for e in self.guide_etas] or [self.guide_eta] * len(self.edit)
 
     def guides(self) -> list[str]:
         if self.mode == "moderate":

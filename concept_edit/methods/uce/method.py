@@ -139,7 +139,9 @@ def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[
         for t in cfg.templates:
             edit_prompts.append(t.format(concept))
             alts = (guide or "").split("|")
-            guide_prompts.append([t.format(g.strip()) if g.strip() else "" for g in alts])
+            # the guide sits in the same context ('' in "a {} on a dotted background" is
+            # "a on a dotted background"), so only the concept moves, not its context
+            guide_prompts.append([" ".join(t.format(g.strip()).split()) for g in alts])
             if cfg.mode == "debias":
                 attr_prompts.append([t.format(f"{a} {concept}") for a in cfg.attributes])
     keep_prompts = sorted({p for c in cfg.preserve for p in expand(c, cfg.templates)} | {""})
@@ -168,8 +170,9 @@ def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[
                     src, dst, keep = _aligned(pos[p], pos[gi], cfg.token_policy)
                     tgts.append(_rows(Xk[idx[gi]], dst))
                 tgt = torch.stack(tgts).mean(0)
-                if cfg.guide_eta:
-                    tgt = tgt + cfg.guide_eta * (tgt - _rows(xp, src))
+                eta = cfg.etas()[j // len(cfg.templates)]
+                if eta:
+                    tgt = tgt + eta * (tgt - _rows(xp, src))
             ce.append(_rows(xp, src))
             tt.append(tgt)
             if keep:
