@@ -109,7 +109,8 @@ def run_uce(pipe, a):
     if a.only and "debias" not in a.only:
         return
     cfg = UceConfig(mode="debias", edit=["circle"], attributes=["red", "blue"], ratios=[0.5, 0.5],
-                    preserve=KEEP["circle"], templates=["a {}"], rounds=a.rounds, debias_samples=32,
+                    preserve=KEEP["circle"], templates=["a {}"], rounds=a.rounds,
+                    debias_samples=a.debias_samples, step=a.step,
                     token_policy=a.policy, seed=1)
     import concept_edit.toyworld.classifier  # noqa: F401
     t0 = time.time()
@@ -201,6 +202,8 @@ def main():
     ap.add_argument("--eta", type=float, default=0.0, help="UCE guide_eta for red/striped/three")
     ap.add_argument("--templates", action="store_true", help="edit concepts in the grammar's contexts")
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--step", type=float, default=0.5, help="debias step (alphas move step x error)")
+    ap.add_argument("--debias-samples", type=int, default=48)
     ap.add_argument("--n-target", type=int, default=4, help="prompts naming the concept")
     ap.add_argument("--n-other", type=int, default=8, help="full prompts naming other values")
     ap.add_argument("--only", nargs="*", default=[], help="run only these trials (names as in the JSON)")
