@@ -114,17 +114,18 @@ def main():
     var = rep["partial"].get("unnamed_variety", {})
     vrows = "\n".join(f"| {k} | {v['mean_min_share']:.3f} | {v['worst_min_share']:.3f} | {v['prompts_below_10pct']} |"
                       for k, v in var.items())
+    n_eval = len(rep["per_prompt"])
+    n_grammar = rep.get("grammar_prompts", n_eval)
+    subset = "all of them" if n_eval == n_grammar else (
+        "a seeded subset stratified by how many attributes a prompt names; all 240 x 64 seeds "
+        "takes about 70 min on 2 cores")
+    command = (f"concept-edit toyworld evaluate --seeds {rep['seeds_per_prompt']} "
+               + ("" if n_eval == n_grammar else f"--max-prompts {rep.get('max_prompts') or n_eval} ") + "--out eval.json")
     text = CARD.format(
         rows="\n".join(f"{i + 1}. `{p}`" for i, p in enumerate(PROMPTS)),
         vae=f"{n(pipe.vae):,}", te=f"{n(pipe.text_encoder):,}", unet=f"{n(pipe.unet):,}",
         size_mb=size / 2 ** 20, scale=pipe.vae.config.scaling_factor, train_time=a.train_time,
-        n_prompts=len(rep["per_prompt"]), grammar_n=rep.get("grammar_prompts", len(rep["per_prompt"])),
-        subset=("all of them" if len(rep["per_prompt"]) == rep.get("grammar_prompts", len(rep["per_prompt"]))
-                else "a seeded subset stratified by how many attributes a prompt names; all 240 x 64 "
-                     "seeds takes about 70 min on 2 cores"),
-        command=("concept-edit toyworld evaluate --seeds {} {}--out eval.json".format(
-            rep["seeds_per_prompt"], "" if "evaluated_prompts" not in rep or rep["evaluated_prompts"] ==
-            rep.get("grammar_prompts") else f"--max-prompts {rep['evaluated_prompts']} ")), seeds=rep["seeds_per_prompt"], cr=rep["classifier_renders"],
+        n_prompts=n_eval, grammar_n=n_grammar, subset=subset, command=command, seeds=rep["seeds_per_prompt"], cr=rep["classifier_renders"],
         cv=rep["classifier_vae_recon"], fu=rep["full"]["named_attribute_rates"],
         full_n=rep["full"]["prompts"], part_n=rep["partial"]["prompts"], pa=pa,
         pa_colour=f"{pa.get('colour', float('nan')):.3f}", pa_size=f"{pa.get('size', float('nan')):.3f}",

@@ -71,9 +71,10 @@ KEEP = {"circle": ["square", "triangle", "star"], "red": ["green", "blue", "yell
 
 
 def save(out, name, obj):
+    from concept_edit.core.io import atomic_write_text
+
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, name + ".json"), "w") as f:
-        json.dump(obj, f, indent=1)
+    atomic_write_text(os.path.join(out, name + ".json"), json.dumps(obj, indent=1))
     print(json.dumps(obj)[:2000], flush=True)
 
 

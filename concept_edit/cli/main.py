@@ -163,7 +163,7 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     out, i = [], 0
     while i < len(argv):
         tok = argv[i]
-        if (tok.startswith("--") and "=" not in tok and i + 1 < len(argv)
+        if (tok.startswith("--") and tok != "--" and "=" not in tok and i + 1 < len(argv)
                 and re.match(r"^-[\d.][\d.,\s-]*$", argv[i + 1])):
             out.append(f"{tok}={argv[i + 1]}")
             i += 2

@@ -102,6 +102,7 @@ def evaluate(pipe, seeds: int = 64, which: str = "all", classifier: str | None =
     report["grammar_prompts"] = len(prompts)
     if max_prompts:
         prompts = subset_prompts(prompts, max_prompts)
+    report["max_prompts"] = max_prompts  # the request; strata rounding may keep one or two more
     report["evaluated_prompts"] = len(prompts)
     imgs = sample_prompts(pipe, [p["prompt"] for p in prompts], seeds, seed0, batch=batch,
                           progress=progress)

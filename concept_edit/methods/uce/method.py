@@ -152,7 +152,7 @@ def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[
     idx = {p: i for i, p in enumerate(uniq)}
     seq = next(iter(X.values())).shape[2]
     pos = {p: token_positions(pipe, p, seq) for p in uniq}
-    systems = {}
+    systems, etas = {}, cfg.etas()
     for key, Xk in X.items():
         ce, tt, cp = [], [], []
         for j, (p, g) in enumerate(zip(edit_prompts, guide_prompts)):
@@ -170,7 +170,7 @@ def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[
                     src, dst, keep = _aligned(pos[p], pos[gi], cfg.token_policy)
                     tgts.append(_rows(Xk[idx[gi]], dst))
                 tgt = torch.stack(tgts).mean(0)
-                eta = cfg.etas()[j // len(cfg.templates)]
+                eta = etas[j // len(cfg.templates)]
                 if eta:
                     tgt = tgt + eta * (tgt - _rows(xp, src))
             ce.append(_rows(xp, src))
