@@ -1,13 +1,14 @@
 """ESD speed and memory: ours vs a reference-style loop, measured in one run (JSON ratios).
 
-    python scripts/bench_esd.py [--toy-steps 20] [--sd15-steps 2]
+    python scripts/bench_esd.py [--toy-steps 20] [--sd15-steps 2] [--sd15-ddim 50]
 
 Reference style (as in the papers' code): a second full copy of the network for the frozen
 model, x_t regenerated every iteration by k guided DDIM steps of the model being trained,
 three separate frozen forwards (anchor, concept, ''), direct fine-tuning of ESD-x parameters.
 Ours: LoRA on the same layers, frozen passes = the same network with the LoRA disabled, in one
 batch; x_t from a bank of frozen-model trajectories made once (its cost is reported apart).
-Each variant runs in its own process so that peak RSS (ru_maxrss) is its own.
+Each variant runs in its own process so that peak RSS (ru_maxrss) is its own. On the SD1.5-shaped
+net ours also runs with ``gradient_checkpointing: true`` (the memory setting for SD-sized models).
 """
 from __future__ import annotations
 
@@ -40,11 +41,11 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def worker_ours(pipe, steps: int, ddim: int, train: str):
+def worker_ours(pipe, steps: int, ddim: int, train: str, gc: bool = False):
     from concept_edit.methods.esd import EsdConfig, train_esd
 
     cfg = EsdConfig(concepts=["circle"], variant="x", iterations=steps + 1, bank_size=4,
-                    ddim_steps=ddim, train=train, lr=1e-4)
+                    ddim_steps=ddim, train=train, lr=1e-4, gradient_checkpointing=gc)
     t0 = time.perf_counter()
     res = train_esd(pipe, cfg, progress=False, stop_at=1)   # bank + one warm-up step
     t_first = time.perf_counter() - t0
@@ -102,7 +103,7 @@ def run_worker(args):
     pipe = load(args.model)
     base = rss_mb()
     if args.worker == "ours":
-        out = worker_ours(pipe, args.steps, args.ddim, args.train)
+        out = worker_ours(pipe, args.steps, args.ddim, args.train, bool(args.gc))
     else:
         out = worker_ref(pipe, args.steps, args.ddim, args.k)
     out.update(model_rss_mb=round(base, 1), peak_rss_mb=round(rss_mb(), 1))
@@ -128,9 +129,12 @@ def main():
     ap.add_argument("--ddim", type=int, default=50)
     ap.add_argument("--k", type=int, default=None)
     ap.add_argument("--train", default="lora")
+    ap.add_argument("--gc", type=int, default=0, help="worker: gradient checkpointing")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--toy-steps", type=int, default=20)
     ap.add_argument("--sd15-steps", type=int, default=2)
+    ap.add_argument("--sd15-ddim", type=int, default=50,
+                    help="trajectory length on the SD1.5-shaped net (memory does not depend on it)")
     a = ap.parse_args()
     if a.worker:
         return run_worker(a)
@@ -141,15 +145,21 @@ def main():
                   "step_speedup": round(toy_r["per_step_s"] / toy_o["per_step_s"], 2),
                   "peak_ratio": round(toy_o["peak_rss_mb"] / toy_r["peak_rss_mb"], 3)}
     print(json.dumps(out["toy"]), file=sys.stderr)
-    sd_o = spawn(worker="ours", model="sd15", steps=a.sd15_steps, ddim=50, threads=a.threads)
-    sd_od = spawn(worker="ours", model="sd15", steps=a.sd15_steps, ddim=50, threads=a.threads, train="direct")
-    sd_r = spawn(worker="ref", model="sd15", steps=a.sd15_steps, ddim=50, k=25, threads=a.threads)
+    d = a.sd15_ddim
+    sd_o = spawn(worker="ours", model="sd15", steps=a.sd15_steps, ddim=d, threads=a.threads)
+    sd_og = spawn(worker="ours", model="sd15", steps=a.sd15_steps, ddim=d, threads=a.threads, gc=1)
+    sd_od = spawn(worker="ours", model="sd15", steps=a.sd15_steps, ddim=d, threads=a.threads, train="direct")
+    sd_r = spawn(worker="ref", model="sd15", steps=a.sd15_steps, ddim=d, k=d // 2, threads=a.threads)
     out["sd15_shaped_256px"] = {
-        "ours_lora": sd_o, "ours_direct": sd_od, "reference": sd_r,
+        "ours_lora": sd_o, "ours_lora_gradient_checkpointing": sd_og, "ours_direct": sd_od,
+        "reference": sd_r,
         "step_speedup": round(sd_r["per_step_s"] / sd_o["per_step_s"], 2),
         "peak_ratio_lora": round(sd_o["peak_rss_mb"] / sd_r["peak_rss_mb"], 3),
+        "peak_ratio_lora_gradient_checkpointing": round(sd_og["peak_rss_mb"] / sd_r["peak_rss_mb"], 3),
+        "step_speedup_gradient_checkpointing": round(sd_r["per_step_s"] / sd_og["per_step_s"], 2),
         "peak_ratio_direct": round(sd_od["peak_rss_mb"] / sd_r["peak_rss_mb"], 3),
-        "note": "reference k fixed at 25 (the mean of uniform k over 50 steps) to bound its time"}
+        "ddim": d,
+        "note": f"reference k fixed at {d // 2} (the mean of uniform k over {d} steps) to bound its time"}
     print(json.dumps(out, indent=1))
 
 

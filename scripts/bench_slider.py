@@ -7,6 +7,10 @@ steps), four separate frozen forwards with the LoRA at 0 (target, positive, neut
 unconditional), then the trained forward. Ours: x_t from a frozen-model trajectory bank, the
 frozen passes in one batch, then the trained forward.
 Inference: 16 images at 25 steps, base vs one and three unfused sliders and one fused slider.
+Unfused sliders run two ways: ``peft`` (the adapters compute their low-rank branch in every
+forward) and ``merged`` (our generate path, ``LoraRouter.merged()``: the adapters are folded into
+the weights at their scheduled scales and re-folded only when a scale changes, here once per
+call at a slider start of 0.2; the file stays unfused and the base is restored after the call).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import torch.nn.functional as F
 from concept_edit.core.denoise import Denoiser
 from concept_edit.core.families import resolve_sites
 from concept_edit.core.loading import load_pipeline
-from concept_edit.core.lora import lora_router
+from concept_edit.core.lora import inference_merge, lora_router
 from concept_edit.core.weights import assign
 from concept_edit.methods.slider import SliderConfig, train_slider
 
@@ -72,12 +76,16 @@ def reference(pipe, steps, ddim=50):
     return {"per_step_s": sum(times) / len(times)}
 
 
-def gen_time(pipe, n, repeats=3):
+def gen_time(pipe, n, repeats=3, merged=False):
+    import contextlib
+
     best = float("inf")
     for _ in range(repeats):
         gens = [torch.Generator().manual_seed(i) for i in range(n)]
         t0 = time.perf_counter()
-        pipe(["a red circle"] * n, num_inference_steps=25, guidance_scale=5.0, generator=gens, output_type="np")
+        with inference_merge(pipe) if merged else contextlib.nullcontext():
+            pipe(["a red circle"] * n, num_inference_steps=25, guidance_scale=5.0, generator=gens,
+                 output_type="np")
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -92,15 +100,18 @@ def inference(pipe, n):
         for p in router.parameters(f"s{i}", "B"):
             p.data.normal_(0, 1e-3)
         router.set_scale(f"s{i}", 1.5)
+        router.set_schedule(f"s{i}", start=0.2)
         if i == 0:
             out["one_unfused_s"] = gen_time(pipe, n)
+            out["one_unfused_merged_s"] = gen_time(pipe, n, merged=True)
     out["three_unfused_s"] = gen_time(pipe, n)
+    out["three_unfused_merged_s"] = gen_time(pipe, n, merged=True)
     router.remove("s1")
     router.remove("s2")
     saved = router.fuse("s0")
     out["one_fused_s"] = gen_time(pipe, n)
     assign(pipe.unet, saved)
-    for k in ("one_unfused", "three_unfused", "one_fused"):
+    for k in ("one_unfused", "one_unfused_merged", "three_unfused", "three_unfused_merged", "one_fused"):
         out[f"{k}_overhead"] = round(out[f"{k}_s"] / out["base_s"] - 1, 4)
     return {k: round(v, 4) for k, v in out.items()}
 

@@ -20,7 +20,8 @@ from concept_edit import load_pipeline
 from concept_edit.eval.toy import SLIDER_PROMPTS, composition_report, erasure_report, slider_report, strip
 from concept_edit.toyworld.classifier import load_classifier
 
-CONCEPTS = {"circle": {"shape": "circle"}, "red": {"colour": "red"}, "striped": {"background": "striped"}}
+CONCEPTS = {"circle": {"shape": "circle"}, "red": {"colour": "red"}, "striped": {"background": "striped"},
+            "a striped background": {"background": "striped"}}
 AXIS = {"circle": "shape", "red": "colour", "striped": "background"}
 # Prompt templates in the toy grammar's word order: a concept is edited in the contexts users
 # write it in (UCE's `templates`), with the guide '' in the same context.
@@ -39,6 +40,7 @@ TEMPLATES = {
 # guide_eta per axis: objects need the push past the guide, attributes do not (eta 1 on
 # 'striped' or 'red' damages other attributes: see docs/uce.md)
 ETA = {"shape": 1.0, "colour": 0.0, "background": 0.0}
+ATTR_GUIDE = {"others": False}
 
 
 def expand(concepts, keep):
@@ -47,7 +49,10 @@ def expand(concepts, keep):
     for c in concepts:
         for t in TEMPLATES[AXIS[c]]:
             edit.append(t.format(c))
-            guide.append(" ".join(t.format("").split()))
+            if AXIS[c] != "shape" and ATTR_GUIDE["others"]:  # toward the other values, averaged
+                guide.append("|".join(t.format(k) for k in keep[c]))
+            else:
+                guide.append(" ".join(t.format("").split()))
             pres += [t.format(k) for k in keep[c]
                      # a preserved prompt must not contain another erased concept
                      if not any(o in t.format(k).split() for o in concepts)]
@@ -161,6 +166,8 @@ def run_esd(pipe, a):
     trial("x-circle", ["circle"])
     trial("u-circle", ["circle"], variant="u")
     trial("x-circle-striped", ["circle", "striped"], iterations=2 * base_cfg.iterations)
+    # the style as the grammar writes it: "striped" alone is a prompt the model never saw
+    trial("x-circle-striped-bg", ["circle", "a striped background"], iterations=2 * base_cfg.iterations)
     trial("x-anchor-concept-eta2", ["circle"], anchor="{concept}", eta=2.0)
     trial("x-anchor-concept-eta1", ["circle"], anchor="{concept}", eta=1.0)
 
@@ -171,26 +178,37 @@ def run_slider(pipe, a):
     clf = load_classifier()
     results = {}
     paths = {}
+    if (not a.only or "size-pairs" in a.only) and not os.path.isdir("data/size-pairs"):
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, "-m", "concept_edit.cli.main", "toyworld", "render-pairs",
+                        "data/size-pairs", "--n", "64"], check=True)
     for name, cfgfile in (("size", "configs/sliders/toy-size.yaml"),
                           ("size-pairs", "configs/sliders/toy-size-pairs.yaml"),
                           ("stripes", "configs/sliders/toy-stripes.yaml")):
         if a.only and name not in a.only:
             continue
         cfg = SliderConfig.from_yaml(cfgfile)
-        res = train_slider(pipe, cfg, progress=True)
         paths[name] = os.path.join(a.out, f"slider-{name}.safetensors")
-        res.save(paths[name])
-        res.edit.remove()
+        train_s = None
+        if not (a.reuse and os.path.exists(paths[name])):
+            res = train_slider(pipe, cfg, progress=True)
+            res.save(paths[name])
+            res.edit.remove()
+            train_s = round(res.seconds, 1)
         metric = "striped" if name == "stripes" else "radius"
-        rep = slider_report(pipe, paths[name], seeds=a.seeds, metric=metric, clf=clf,
-                            prompts=SLIDER_PROMPTS[::len(SLIDER_PROMPTS) // a.slider_prompts])
-        rep["train_seconds"] = round(res.seconds, 1)
-        results[name] = rep
-        save(a.out, "slider", results)
-    if len(paths) < 3:
+        for start in [] if a.no_sweep else a.start or [None]:  # None: the file's recommended start
+            rep = slider_report(pipe, paths[name], seeds=a.seeds, metric=metric, clf=clf, start=start,
+                                prompts=SLIDER_PROMPTS[::len(SLIDER_PROMPTS) // a.slider_prompts])
+            rep["train_seconds"] = train_s
+            results[name if len(a.start) < 2 else f"{name}@{start}"] = rep
+            save(a.out, "slider", results)
+    if len(paths) < 3 and not (a.compose and "size" in paths and "stripes" in paths):
         return
     results["composition"] = composition_report(pipe, (paths["size"], "radius"), (paths["stripes"], "striped"),
-                                                seeds=a.seeds, clf=clf)
+                                                seeds=a.seeds, clf=clf,
+                                                prompts=SLIDER_PROMPTS[::len(SLIDER_PROMPTS) // a.slider_prompts])
     save(a.out, "slider", results)
 
 
@@ -202,6 +220,11 @@ def main():
     ap.add_argument("--policy", default="last+eos")
     ap.add_argument("--eta", type=float, default=0.0, help="UCE guide_eta for red/striped/three")
     ap.add_argument("--templates", action="store_true", help="edit concepts in the grammar's contexts")
+    ap.add_argument("--attr-eta", type=float, default=None,
+                    help="with --templates: guide_eta of colour/background concepts (default 0)")
+    ap.add_argument("--attr-guide", choices=["empty", "others"], default="empty",
+                    help="with --templates: guide of colour/background concepts: '' or the other "
+                         "values averaged ('red' -> 'green|blue|yellow' in the same context)")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--step", type=float, default=0.5, help="debias step (alphas move step x error)")
     ap.add_argument("--debias-samples", type=int, default=48)
@@ -209,9 +232,17 @@ def main():
     ap.add_argument("--n-other", type=int, default=8, help="full prompts naming other values")
     ap.add_argument("--only", nargs="*", default=[], help="run only these trials (names as in the JSON)")
     ap.add_argument("--slider-prompts", type=int, default=8, help="every k-th of the 8 sweep prompts")
+    ap.add_argument("--start", type=float, nargs="*", default=[],
+                    help="slider start fractions to evaluate (default: each file's recommended start)")
+    ap.add_argument("--reuse", action="store_true", help="evaluate existing slider files, no training")
+    ap.add_argument("--no-sweep", action="store_true", help="train/reuse sliders, no per-slider sweep")
+    ap.add_argument("--compose", action="store_true", help="composition report with --only size stripes")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    ATTR_GUIDE["others"] = a.attr_guide == "others"
+    if a.attr_eta is not None:
+        ETA.update(colour=a.attr_eta, background=a.attr_eta)
     pipe = load_pipeline()
     {"uce": run_uce, "esd": run_esd, "slider": run_slider}[a.what](pipe, a)
 

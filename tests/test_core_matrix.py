@@ -151,6 +151,37 @@ def test_lora_step_schedule_switches(tiny_pipe, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_lora_merged_inference_matches_unmerged(tiny_pipe, family, monkeypatch):
+    import contextlib
+
+    import concept_edit.core.sampling as sampling
+
+    pipe = tiny_pipe(family)
+    router = lora_router(pipe)
+    router.add("s", resolve_sites(pipe, "noxattn"), rank=2)
+    with torch.no_grad():
+        for p in router.parameters("s", "B"):
+            p.normal_(std=0.3)
+    router.set_scale("s", 2.0)
+    router.set_schedule("s", start=0.4)
+    den = router.denoiser
+    before = {n: p.detach().clone() for n, p in den.named_parameters()}
+    folds = []
+    fold = router._fold
+    monkeypatch.setattr(router, "_fold", lambda want: folds.append(want) or fold(want))
+    s = SampleSettings(prompt="a red circle", steps=5, n=2)
+    merged = generate(pipe, s, progress=False).astype(int)
+    assert folds == [(("s", 2.0),)]                  # folded once, at the start step
+    assert all(torch.equal(p, before[n]) for n, p in den.named_parameters())  # restored exactly
+    monkeypatch.setattr(sampling, "inference_merge", lambda pipe: contextlib.nullcontext())
+    unmerged = generate(pipe, s, progress=False).astype(int)
+    assert np.abs(merged - unmerged).max() <= 2
+    router.set_scale("s", 0.0)
+    base = generate(pipe, s, progress=False).astype(int)
+    assert np.abs(merged - base).max() > 2           # the adapter did act
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_weight_snapshot_restore_exact(tiny_pipe, family):
     pipe = tiny_pipe(family)
     dn, state, cond = _state(pipe)

@@ -78,6 +78,24 @@ def test_resume_equals_uninterrupted(tiny_pipe, tmp_path):
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
+@pytest.mark.parametrize("family", ["sd1", "sd3"])
+def test_gradient_checkpointing_same_training(tiny_pipe, family, monkeypatch):
+    import torch.utils.checkpoint as tuc
+
+    cfg = EsdConfig(concepts=["circle"], variant="x", batch_size=2, **{**TINY, "iterations": 2})
+    a = train_esd(tiny_pipe(family), cfg, progress=False)
+    pipe = tiny_pipe(family)
+    calls = []
+    real = tuc.checkpoint
+    monkeypatch.setattr(tuc, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    b = train_esd(pipe, cfg.replace(gradient_checkpointing=True), progress=False)
+    assert calls                                          # blocks were recomputed in backward
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in Denoiser(pipe).module.modules())
+    assert a.losses == pytest.approx(b.losses, rel=1e-4)
+    ta, tb = a.edit.artifact_tensors(), b.edit.artifact_tensors()
+    assert all(torch.allclose(ta[k], tb[k], atol=1e-6) for k in ta)
+
+
 def test_errors_name_valid_choices(tiny_pipe):
     with pytest.raises(ConfigError, match="x, x-strict, u, self, full"):
         EsdConfig(concepts=["circle"], variant="xx")

@@ -67,6 +67,28 @@ def test_uce_every_family(tiny_pipe, family, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in keys)   # apply then restore is exact
 
 
+@pytest.mark.parametrize("family", ["sd1", "flux"])  # CLIP (BOS + EOS) and T5 (EOS only)
+def test_concept_located_in_context(tiny_pipe, family):
+    from concept_edit.core.tokens import diff_spans
+    from concept_edit.methods.uce.method import _span_aligned
+
+    pipe = tiny_pipe(family)
+    tok = pipe.tokenizer if family == "sd1" else pipe.tokenizer_2
+    bos = 1 if family == "sd1" else 0
+    ids = tok("a red circle")["input_ids"]
+    red = ids.index(tok("red", add_special_tokens=False)["input_ids"][0])
+    assert red == bos + 1
+    (off, length, start, n_c, n_g), = diff_spans(pipe, "a red circle", "a circle", 12)
+    assert (off, start, n_c, n_g) == (0, red, 1, 0)
+    src, dst, keep = _span_aligned(diff_spans(pipe, "a red circle", "a circle", 12), "last")
+    assert (src, dst, keep) == ([red], [red - 1], [])             # 'red' onto the token before it
+    src, dst, keep = _span_aligned(diff_spans(pipe, "a red circle", "a circle", 12), "all")
+    assert src[:3] == [red, red + 1, red + 2] and dst[:3] == [red - 1, red, red + 1]  # then shifted
+    assert keep == list(range(red)) and len(src) == 12 - red
+    (_, _, start, n_c, n_g), = diff_spans(pipe, "a van gogh tree", "a oak tree", 12)  # multi-token
+    assert start >= bos + 1 and n_c >= 2 and n_g >= 1
+
+
 @pytest.mark.parametrize("policy", ["last", "last+eos", "all"])
 def test_token_policies_run(tiny_pipe, policy):
     pipe = tiny_pipe("sd1")

@@ -31,6 +31,7 @@ from .paths import get_module
 
 _ATTR = "_concept_edit_lora"
 _SCHEDULE_HOOK = "concept_edit:lora-schedule"
+_MERGE_HOOK = "concept_edit:lora-merge"
 
 
 @dataclasses.dataclass
@@ -57,14 +58,23 @@ class LoraRouter:
         self.scheduler = None
         self.adapters: dict[str, Adapter] = {}
         self.step: tuple[int, int] | None = None  # (index, count) of the current denoising step
+        self._off = False       # inside disabled()
+        self._layers: list | None = None  # cached (path, LoraLayer) pairs
+        self._applied: dict | None = None  # effective scales last written into the layers
+        self._merge: dict | None = None  # inside merged(): {"saved": W0 by path, "scales": folded}
 
     # -- structure -------------------------------------------------------------------------
     def layers(self, name: str | None = None):
         from peft.tuners.lora import LoraLayer
 
-        paths = self.adapters[name].paths if name else None
-        for p, m in self.denoiser.named_modules():
-            if isinstance(m, LoraLayer) and (paths is None or p in paths):
+        if self._layers is None:  # one walk of the model per structural change, not per step
+            self._layers = [(p, m) for p, m in self.denoiser.named_modules() if isinstance(m, LoraLayer)]
+        if name is None:
+            yield from self._layers
+            return
+        paths = set(self.adapters[name].paths)
+        for p, m in self._layers:
+            if p in paths:
                 yield p, m
 
     def add(self, name: str, paths: list[str], rank: int = 4, alpha: float = 1.0,
@@ -72,6 +82,7 @@ class LoraRouter:
         """Inject a new adapter on ``paths`` (module paths from the site tables)."""
         from peft import LoraConfig, inject_adapter_in_model
 
+        self._unmerge()
         if name in self.adapters:
             raise ValueError(f"adapter {name!r} exists; remove it first or pick another name")
         if not paths:
@@ -91,6 +102,7 @@ class LoraRouter:
         with warnings.catch_warnings():  # peft warns about several adapters: that is the point
             warnings.simplefilter("ignore")
             inject_adapter_in_model(cfg, self.denoiser, adapter_name=name)
+        self._layers, self._applied = None, None
         for n, p in self.denoiser.named_parameters():  # peft may flip flags: only ours trainable
             if n in frozen or f".{name}." not in n:
                 p.requires_grad_(False)
@@ -106,11 +118,13 @@ class LoraRouter:
         from .paths import set_module
 
         self._get(name)
+        self._unmerge()
         for path, layer in list(self.layers(name)):
             layer.delete_adapter(name)
             if not layer.lora_A:
                 set_module(self.denoiser, path, layer.get_base_layer())
         del self.adapters[name]
+        self._layers, self._applied = None, None
         self._activate()
         self._sync_schedule_hook()
 
@@ -150,11 +164,14 @@ class LoraRouter:
             return ad.scale
         return ad.scale * ad.schedule(*self.step)
 
-    def _apply_scales(self) -> None:
+    def _apply_scales(self, force: bool = True) -> None:
+        eff = {ad.name: self._effective(ad) for ad in self.adapters.values()}
+        if not force and eff == self._applied:
+            return
         for ad in self.adapters.values():
-            s = self._effective(ad)
             for _, layer in self.layers(ad.name):
-                layer.scaling[ad.name] = s * layer.lora_alpha[ad.name] / layer.r[ad.name]
+                layer.scaling[ad.name] = eff[ad.name] * layer.lora_alpha[ad.name] / layer.r[ad.name]
+        self._applied = eff
 
     def bind(self, scheduler) -> "LoraRouter":
         """Use ``scheduler.timesteps`` to know the step index during a pipeline call."""
@@ -180,7 +197,7 @@ class LoraRouter:
         ts = self.scheduler.timesteps.float().cpu()
         i = int((ts - t).abs().argmin())
         self.step = (i, len(ts))
-        self._apply_scales()
+        self._apply_scales(force=False)
         return None
 
     @contextlib.contextmanager
@@ -188,27 +205,81 @@ class LoraRouter:
         """Every adapter off: the base model's outputs exactly."""
         layers = [layer for _, layer in self.layers()]
         old = [layer._disable_adapters for layer in layers]
+        old_off, self._off = self._off, True
         for layer in layers:
             layer._disable_adapters = True
         try:
             yield
         finally:
+            self._off = old_off
             for layer, o in zip(layers, old):
                 layer._disable_adapters = o
 
+    # -- merged inference --------------------------------------------------------------------
     @contextlib.contextmanager
-    def scaled(self, **scales: float):
-        """Temporarily set adapter scales, e.g. ``with router.scaled(size=0.0):``."""
-        old = {n: self._get(n).scale for n in scales}
-        for n, s in scales.items():
-            self.adapters[n].scale = float(s)
-        self._apply_scales()
+    def merged(self):
+        """Inference with the adapters folded into the base weights at their current scales.
+
+        Per-step schedules still hold: the weights are re-folded (from a saved copy of the
+        originals, so nothing drifts) only when an effective scale changes, e.g. once at a
+        slider's start step, and every forward then costs what the base model costs. Forwards
+        with gradients enabled (training) fall back to the unmerged adapters; leaving the block
+        restores the original weights exactly. ``generate`` and the toy-world samplers use it.
+        """
+        if self._merge is not None:  # nested: the outer block owns the state
+            yield self
+            return
+        self._merge = {"saved": {}, "scales": (), "quiet": False}
+        hooks(self.denoiser).add(_MERGE_HOOK, "", pre=self._merge_pre)
         try:
-            yield
+            yield self
         finally:
-            for n, s in old.items():
-                self.adapters[n].scale = s
-            self._apply_scales()
+            hooks(self.denoiser).remove(_MERGE_HOOK)
+            self._unmerge()
+            self._merge = None
+
+    def _merge_pre(self, args, kwargs, path):
+        if torch.is_grad_enabled():
+            self._unmerge()
+            return None
+        self._on_forward(args, kwargs, path)
+        m = self._merge
+        want = () if self._off else tuple(
+            (ad.name, self._effective(ad)) for ad in self.adapters.values() if self._effective(ad) != 0.0)
+        if want != m["scales"]:
+            self._unmerge()
+            if want:
+                self._fold(want)
+        if not m["quiet"]:  # the (folded or untouched) base layers alone: no branches to compute
+            for _, layer in self.layers():
+                layer._disable_adapters = True
+            m["quiet"] = True
+        return None
+
+    @torch.no_grad()
+    def _fold(self, want) -> None:
+        saved = self._merge["saved"]
+        names = [n for n, _ in want]
+        for p, layer in self.layers():
+            base = layer.get_base_layer()
+            if p not in saved:
+                saved[p] = base.weight.detach().clone()
+            delta = sum(layer.get_delta_weight(n).float() for n in names if n in layer.lora_A)
+            if isinstance(delta, torch.Tensor):
+                base.weight.copy_((saved[p].float() + delta).to(base.weight.dtype))
+            layer._disable_adapters = True  # the folded weights carry the adapters
+        self._merge["scales"] = want
+
+    @torch.no_grad()
+    def _unmerge(self) -> None:
+        m = self._merge
+        if not m or not (m["scales"] or m["quiet"]):
+            return
+        for p, layer in self.layers():
+            if p in m["saved"]:
+                layer.get_base_layer().weight.copy_(m["saved"][p])
+            layer._disable_adapters = self._off
+        m["scales"], m["saved"], m["quiet"] = (), {}, False  # re-read W0 on the next fold
 
     # -- files -----------------------------------------------------------------------------
     def state_dict(self, name: str, prefix: str) -> dict[str, torch.Tensor]:
@@ -261,6 +332,7 @@ class LoraRouter:
         from .weights import snapshot
 
         ad = self._get(name)
+        self._unmerge()
         saved = snapshot(self.denoiser, [f"{p}.weight" for p in ad.paths])
         for _, layer in self.layers(name):
             layer.scaling[name] = ad.scale * layer.lora_alpha[name] / layer.r[name]
@@ -268,6 +340,17 @@ class LoraRouter:
             base.weight.add_(layer.get_delta_weight(name).to(base.weight.dtype))
         self.remove(name)
         return saved
+
+
+def inference_merge(pipe_or_denoiser):
+    """``router.merged()`` when the denoiser carries adapters, else a no-op context."""
+    den = pipe_or_denoiser
+    if not isinstance(den, nn.Module):
+        from .families import detect_family, get_family
+
+        den = getattr(den, get_family(detect_family(den)).denoiser)
+    router = den.__dict__.get(_ATTR)
+    return router.merged() if router is not None and router.adapters else contextlib.nullcontext()
 
 
 def lora_router(pipe_or_denoiser, timestep_scale: float | None = None) -> LoraRouter:

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .families import detect_family, get_family
+from .lora import inference_merge
 
 
 @dataclasses.dataclass
@@ -62,6 +63,7 @@ def generate(pipe, s: SampleSettings, progress: bool = True, output_type: str = 
         if s.negative_prompt is not None:
             kw["negative_prompt"] = [s.negative_prompt] * len(idx)
         gens = [torch.Generator(device).manual_seed(s.seed + j) for j in idx]
-        imgs = pipe([prompts[j] for j in idx], generator=gens, **kw).images
+        with inference_merge(pipe):  # sliders folded in, re-folded only when a scale changes
+            imgs = pipe([prompts[j] for j in idx], generator=gens, **kw).images
         out.append((np.clip(imgs, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(out)

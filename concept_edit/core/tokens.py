@@ -56,3 +56,32 @@ def token_positions(pipe, prompt: str, seq_len: int) -> Positions:
         prefix += list(range(offset, offset + li))
         info.append((offset, length, li))
     return Positions(last, trailing, prefix, info)
+
+
+def diff_spans(pipe, prompt: str, other: str, seq_len: int) -> list[tuple[int, int, int, int, int]]:
+    """Where two prompts differ, per segment: ``(offset, length, start, n_prompt, n_other)``.
+
+    The differing span is what lies between the longest common prefix and suffix of the two
+    token sequences, so a concept and its guide written in the same context ("a red circle" vs
+    "a circle", "a {} on a striped background" with a word or '') are located exactly, in
+    the middle of a prompt and with several tokens ("van gogh").
+    """
+    fam = detect_family(pipe)
+    attrs = [(getattr(pipe, a, None), o) for a, o in SEGMENTS[fam]]
+    attrs = [(t, o) for t, o in attrs if t is not None and o < seq_len]
+    out = []
+    for i, (tok, offset) in enumerate(attrs):
+        end = attrs[i + 1][1] if i + 1 < len(attrs) else seq_len
+        length = end - offset
+        a, b = (tok(" ".join(x.split()), truncation=True, max_length=length)["input_ids"] for x in (prompt, other))
+        pre = 0
+        while pre < min(len(a), len(b)) and a[pre] == b[pre]:
+            pre += 1
+        suf = 0
+        while suf < min(len(a), len(b)) - pre and a[-1 - suf] == b[-1 - suf]:
+            suf += 1
+        n_a, n_b = len(a) - pre - suf, len(b) - pre - suf
+        if n_a == 0:  # same text (or other is longer): the last word token maps onto itself
+            pre, n_a, n_b = max(len(a) - 2, 0), 1, 1
+        out.append((offset, length, min(pre, length - 1), n_a, n_b))
+    return out

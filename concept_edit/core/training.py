@@ -183,3 +183,19 @@ class Checkpointer:
 def step_generator(seed: int, step: int, stream: int = 0, device="cpu") -> torch.Generator:
     """Randomness of one training step from (seed, step): resumed runs see the same draws."""
     return torch.Generator(device).manual_seed((seed * 1_000_003 + step * 7_919 + stream) % (2 ** 63))
+
+
+@contextlib.contextmanager
+def activation_checkpointing(module, on: bool = True):
+    """Recompute the denoiser's block activations in backward (diffusers' gradient
+    checkpointing) for the block: less memory per training step for ~30% more compute."""
+    if not on or not getattr(module, "_supports_gradient_checkpointing", False):
+        yield
+        return
+    was = any(getattr(m, "gradient_checkpointing", False) for m in module.modules())
+    module.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        if not was:
+            module.disable_gradient_checkpointing()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core.lora import inference_merge
 from .captions import all_prompts
 from .classifier import VOCAB, load_classifier, predict, to_tensor
 from .dataset import build
@@ -35,8 +36,9 @@ def sample_prompts(pipe, prompts: list[str], seeds: int, seed0: int = 0, steps: 
     for i in tqdm(range(0, len(jobs), batch), desc="sample", disable=not progress):
         chunk = jobs[i:i + batch]
         gens = [torch.Generator().manual_seed(s) for _, s in chunk]
-        img = pipe([p for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                   generator=gens, output_type="np").images
+        with inference_merge(pipe):
+            img = pipe([p for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                       generator=gens, output_type="np").images
         out.append((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(out) if out else np.zeros((0, 64, 64, 3), np.uint8)
 

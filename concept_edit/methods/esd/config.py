@@ -35,6 +35,8 @@ class EsdConfig(StrictConfig):
     ddim_steps: int = field(50, "denoising steps of x_t trajectories")
     guidance: float = field(3.0, "CFG scale used to sample x_t")
     size: int = field(0, "image size of x_t trajectories (0 = the model's default)")
+    gradient_checkpointing: bool = field(False, "recompute block activations in backward: less "
+                                                "memory (SD-sized models), ~30% slower steps")
     checkpoint_every: int = field(100, "steps between checkpoints (with --resume)")
     seed: int = field(0, "seed of sampling and training draws")
 

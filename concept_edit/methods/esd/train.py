@@ -26,7 +26,7 @@ from ...core.artifacts import save_lora_artifact, save_weights_artifact
 from ...core.denoise import CondTable, Denoiser
 from ...core.families import resolve_sites
 from ...core.sampling import pipe_defaults
-from ...core.training import Checkpointer, EditParams, make_optimizer, step_generator
+from ...core.training import Checkpointer, EditParams, activation_checkpointing, make_optimizer, step_generator
 from .config import EsdConfig
 
 
@@ -94,43 +94,44 @@ def train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: b
     end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
     bar = tqdm(range(start, end), desc=f"esd-{cfg.variant}", initial=start, total=cfg.iterations,
                disable=not progress or rank != 0)
-    for step in bar:
-        g = step_generator(cfg.seed, step, stream=rank)
-        picks = torch.randint(len(concepts), (cfg.batch_size,), generator=g).tolist()
-        states = []
-        for b, ci in enumerate(picks):
-            c = concepts[ci]
-            k = int(torch.randint(cfg.ddim_steps, (1,), generator=g))
-            if cfg.sampler == "bank":
-                i = int(torch.randint(cfg.bank_size, (1,), generator=g))
-                states.append(banks[c].take([i], [k]))
-            else:
-                sg = torch.Generator(dn.device).manual_seed(int(torch.randint(2 ** 31, (1,), generator=g)))
-                bank = dn.capture([c], steps=cfg.ddim_steps, guidance=cfg.guidance, seed=0, height=size,
-                                  width=size, stop_after=k, generators=[sg])
-                states.append(bank.take([0], [bank.n_steps - 1]))
-        state = dn.cat(states)
-        names = [concepts[ci] for ci in picks]
-        with torch.no_grad(), edit.off():
-            trip = dn.cat([state, state, state])
-            outs = dn.predict(trip, cond_rows([cfg.anchor_for(n) for n in names] + names + [""] * len(names)))
-            o_a, o_c, o_e = outs.float().chunk(3)
-            target = esd_target(o_a, o_c, o_e, cfg.eta)
-        pred = dn.predict(state, cond_rows(names)).float()
-        loss = F.mse_loss(pred, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        edit.after_backward()
-        if world > 1:
-            for p in edit.parameters():
-                if p.grad is not None:
-                    p.grad = acc.reduce(p.grad, reduction="mean")
-        opt.step()
-        edit.after_step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.5f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and rank == 0:
-            ck.save(step + 1, edit, opt, {"losses": losses})
+    with activation_checkpointing(dn.module, cfg.gradient_checkpointing):
+        for step in bar:
+            g = step_generator(cfg.seed, step, stream=rank)
+            picks = torch.randint(len(concepts), (cfg.batch_size,), generator=g).tolist()
+            states = []
+            for b, ci in enumerate(picks):
+                c = concepts[ci]
+                k = int(torch.randint(cfg.ddim_steps, (1,), generator=g))
+                if cfg.sampler == "bank":
+                    i = int(torch.randint(cfg.bank_size, (1,), generator=g))
+                    states.append(banks[c].take([i], [k]))
+                else:
+                    sg = torch.Generator(dn.device).manual_seed(int(torch.randint(2 ** 31, (1,), generator=g)))
+                    bank = dn.capture([c], steps=cfg.ddim_steps, guidance=cfg.guidance, seed=0, height=size,
+                                      width=size, stop_after=k, generators=[sg])
+                    states.append(bank.take([0], [bank.n_steps - 1]))
+            state = dn.cat(states)
+            names = [concepts[ci] for ci in picks]
+            with torch.no_grad(), edit.off():
+                trip = dn.cat([state, state, state])
+                outs = dn.predict(trip, cond_rows([cfg.anchor_for(n) for n in names] + names + [""] * len(names)))
+                o_a, o_c, o_e = outs.float().chunk(3)
+                target = esd_target(o_a, o_c, o_e, cfg.eta)
+            pred = dn.predict(state, cond_rows(names)).float()
+            loss = F.mse_loss(pred, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            edit.after_backward()
+            if world > 1:
+                for p in edit.parameters():
+                    if p.grad is not None:
+                        p.grad = acc.reduce(p.grad, reduction="mean")
+            opt.step()
+            edit.after_step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.5f}")
+            if (step + 1) % cfg.checkpoint_every == 0 and rank == 0:
+                ck.save(step + 1, edit, opt, {"losses": losses})
     for p in edit.parameters():
         p.requires_grad_(False)
     return EsdResult(pipe, cfg, edit, losses, time.time() - t0)

@@ -9,9 +9,13 @@ Example::
     ...     pipe("a circle")
 
 Rows of the least-squares system are the edited layers' own inputs (captured with the hook
-layer) at the token positions the policy selects: ``last`` (last word token of each text
-segment), ``last+eos`` (that token and every EOS/pad token after it; targets aligned by offset
-from the guide's last word token) or ``all`` (also the tokens before it, kept as they are).
+layer) at the token positions the policy selects. The concept is located in each prompt by
+diffing its tokens with the guide prompt's ("a red circle" vs "a circle": the token 'red'), so
+concepts in the middle of a template and multi-token concepts are handled: ``last`` (the
+concept's last token, onto the guide's, or for the guide '' the token before it: the
+reference's policy when the concept ends the prompt), ``last+eos`` (that and every later token:
+following words, EOS, padding, which read the concept through causal attention, onto the guide
+prompt's tokens) or ``all`` (also the tokens before the concept, kept as they are).
 Layers whose inputs do not depend on the image (UNet/PixArt cross-attention, ``text_in``) share
 one factorisation; MMDiT ``add_k/v_proj`` read a text stream that evolves with the image, so
 their rows come from several denoising states and each layer is solved on its own inputs.
@@ -30,7 +34,7 @@ from ...core.denoise import Denoiser
 from ...core.families import resolve_sites
 from ...core.registry import get_scorer
 from ...core.sampling import SampleSettings, generate, pipe_defaults
-from ...core.tokens import token_positions
+from ...core.tokens import diff_spans, token_positions
 from ...core.trace import StopForward, TraceDict
 from ...core.weights import edited, snapshot
 from .config import UceConfig
@@ -123,8 +127,39 @@ def _aligned(pos_c, pos_g, policy: str) -> tuple[list[int], list[int], list[int]
     return src, dst, keep
 
 
+def _span_aligned(spans, policy: str) -> tuple[list[int], list[int], list[int]]:
+    """(edited, guide, kept) positions of a concept prompt and its guide prompt (``diff_spans``).
+
+    The concept's tokens (wherever the template puts them) map onto the guide's tokens, or, for
+    the guide '', onto the token before them; ``last+eos``/``all`` also edit every token after the
+    concept (later words, EOS, padding: they read the concept through causal attention) onto
+    the guide prompt's tokens shifted by the difference in length. ``all`` keeps the tokens
+    before the concept as they are. With the concept last in the prompt (the reference's
+    templates) ``last`` is the reference's last-token policy.
+    """
+    src, dst, keep = [], [], []
+    for off, length, s, n_c, n_g in spans:
+        def guide_at(k):  # guide position for concept-prompt position s + k
+            if k < n_c:
+                j = s + min(k, n_g - 1) if n_g else s - 1
+            else:
+                j = s + n_g + (k - n_c)
+            return off + min(max(j, 0), length - 1)
+
+        ks = [n_c - 1] if policy == "last" else range(length - s)
+        for k in ks:
+            if s + k < length:
+                src.append(off + s + k)
+                dst.append(guide_at(k))
+        if policy == "all":
+            keep += list(range(off, off + s))
+    return src, dst, keep
+
+
 def _preserve_positions(pos, policy: str) -> list[int]:
-    return pos.last if policy == "last" else (pos.last + pos.trailing if policy == "last+eos" else pos.all())
+    """Every token of a preserved prompt, whatever the edit policy: "a green circle" keeps the
+    key/value of 'green' too (erasing 'red' would otherwise drag its neighbour along)."""
+    return pos.all()
 
 
 def expand(concept: str, templates: list[str]) -> list[str]:
@@ -167,7 +202,7 @@ def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[
             else:  # average of the guide alternatives, optionally pushed away from the concept
                 tgts = []
                 for gi in g:
-                    src, dst, keep = _aligned(pos[p], pos[gi], cfg.token_policy)
+                    src, dst, keep = _span_aligned(diff_spans(pipe, p, gi, seq), cfg.token_policy)
                     tgts.append(_rows(Xk[idx[gi]], dst))
                 tgt = torch.stack(tgts).mean(0)
                 eta = etas[j // len(cfg.templates)]
