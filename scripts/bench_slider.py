@@ -90,11 +90,11 @@ def gen_time(pipe, n, repeats=3, merged=False):
     return best
 
 
-def inference(pipe, n):
+def inference(pipe, n, repeats=3):
     router = lora_router(pipe)
     paths = resolve_sites(pipe, "noxattn")
     gen_time(pipe, n, 1)
-    out = {"base_s": gen_time(pipe, n)}
+    out = {"base_s": gen_time(pipe, n, repeats)}
     for i in range(3):
         router.add(f"s{i}", paths, rank=4, alpha=1.0)
         for p in router.parameters(f"s{i}", "B"):
@@ -102,14 +102,14 @@ def inference(pipe, n):
         router.set_scale(f"s{i}", 1.5)
         router.set_schedule(f"s{i}", start=0.2)
         if i == 0:
-            out["one_unfused_s"] = gen_time(pipe, n)
-            out["one_unfused_merged_s"] = gen_time(pipe, n, merged=True)
-    out["three_unfused_s"] = gen_time(pipe, n)
-    out["three_unfused_merged_s"] = gen_time(pipe, n, merged=True)
+            out["one_unfused_s"] = gen_time(pipe, n, repeats)
+            out["one_unfused_merged_s"] = gen_time(pipe, n, repeats, merged=True)
+    out["three_unfused_s"] = gen_time(pipe, n, repeats)
+    out["three_unfused_merged_s"] = gen_time(pipe, n, repeats, merged=True)
     router.remove("s1")
     router.remove("s2")
     saved = router.fuse("s0")
-    out["one_fused_s"] = gen_time(pipe, n)
+    out["one_fused_s"] = gen_time(pipe, n, repeats)
     assign(pipe.unet, saved)
     for k in ("one_unfused", "one_unfused_merged", "three_unfused", "three_unfused_merged", "one_fused"):
         out[f"{k}_overhead"] = round(out[f"{k}_s"] / out["base_s"] - 1, 4)
@@ -120,15 +120,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="best of N timings per inference setting")
+    ap.add_argument("--skip-train", action="store_true", help="inference overheads only")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     pipe = load_pipeline()
-    o = ours(pipe, a.steps)
-    r = reference(pipe, max(4, a.steps // 4))
-    out = {"model": "toy-world", "threads": a.threads,
-           "train": {"ours": o, "reference": r, "step_speedup": round(r["per_step_s"] / o["per_step_s"], 2)},
-           "inference": inference(pipe, a.images)}
+    out = {"model": "toy-world", "threads": a.threads}
+    if not a.skip_train:
+        o = ours(pipe, a.steps)
+        r = reference(pipe, max(4, a.steps // 4))
+        out["train"] = {"ours": o, "reference": r, "step_speedup": round(r["per_step_s"] / o["per_step_s"], 2)}
+    out["inference"] = inference(pipe, a.images, a.repeats)
     print(json.dumps(out, indent=1))
 
 
