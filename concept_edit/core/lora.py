@@ -215,6 +215,20 @@ class LoraRouter:
             for layer, o in zip(layers, old):
                 layer._disable_adapters = o
 
+    @contextlib.contextmanager
+    def scaled(self, **scales: float):
+        """Temporarily set adapter scales, e.g. ``with router.scaled(size=0.0):``."""
+        old = {n: self._get(n).scale for n in scales}
+        for n, s in scales.items():
+            self.adapters[n].scale = float(s)
+        self._apply_scales()
+        try:
+            yield
+        finally:
+            for n, s in old.items():
+                self.adapters[n].scale = s
+            self._apply_scales()
+
     # -- merged inference --------------------------------------------------------------------
     @contextlib.contextmanager
     def merged(self):
