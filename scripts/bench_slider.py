@@ -6,7 +6,9 @@ Reference-style step (the paper's code): x_t by partial denoising with the LoRA 
 steps), four separate frozen forwards with the LoRA at 0 (target, positive, neutral,
 unconditional), then the trained forward. Ours: x_t from a frozen-model trajectory bank, the
 frozen passes in one batch, then the trained forward.
-Inference: 16 images at 25 steps, base vs one and three unfused sliders and one fused slider.
+Inference: 16 images at 25 steps, base vs one and three unfused sliders and one fused slider,
+as medians of per-round ratios (every setting once per round, shuffled, divided by that round's
+base).
 Unfused sliders run two ways: ``peft`` (the adapters compute their low-rank branch in every
 forward) and ``merged`` (our generate path, ``LoraRouter.merged()``: the adapters are folded into
 the weights at their scheduled scales and re-folded only when a scale changes, here once per
@@ -76,51 +78,73 @@ def reference(pipe, steps, ddim=50):
     return {"per_step_s": sum(times) / len(times)}
 
 
-def gen_time(pipe, n, repeats=3, merged=False):
+def gen_time(pipe, n, merged=False):
     import contextlib
 
-    best = float("inf")
-    for _ in range(repeats):
-        gens = [torch.Generator().manual_seed(i) for i in range(n)]
-        t0 = time.perf_counter()
-        with inference_merge(pipe) if merged else contextlib.nullcontext():
-            pipe(["a red circle"] * n, num_inference_steps=25, guidance_scale=5.0, generator=gens,
-                 output_type="np")
-        best = min(best, time.perf_counter() - t0)
-    return best
+    gens = [torch.Generator().manual_seed(i) for i in range(n)]
+    t0 = time.perf_counter()
+    with inference_merge(pipe) if merged else contextlib.nullcontext():
+        pipe(["a red circle"] * n, num_inference_steps=25, guidance_scale=5.0, generator=gens,
+             output_type="np")
+    return time.perf_counter() - t0
 
 
-def inference(pipe, n, repeats=3):
+def _sliders(pipe, k):
+    """Exactly k sliders on the model (seeded weights, scale 1.5, start 0.2); k = 0 is the base."""
     router = lora_router(pipe)
+    for name in list(router.adapters):
+        router.remove(name)
     paths = resolve_sites(pipe, "noxattn")
-    gen_time(pipe, n, 1)
-    out = {"base_s": gen_time(pipe, n, repeats)}
-    for i in range(3):
+    for i in range(k):
         router.add(f"s{i}", paths, rank=4, alpha=1.0)
+        g = torch.Generator().manual_seed(i)
         for p in router.parameters(f"s{i}", "B"):
-            p.data.normal_(0, 1e-3)
+            p.data.copy_(torch.randn(p.shape, generator=g) * 1e-3)
         router.set_scale(f"s{i}", 1.5)
         router.set_schedule(f"s{i}", start=0.2)
-        if i == 0:
-            out["one_unfused_s"] = gen_time(pipe, n, repeats)
-            out["one_unfused_merged_s"] = gen_time(pipe, n, repeats, merged=True)
-    out["three_unfused_s"] = gen_time(pipe, n, repeats)
-    out["three_unfused_merged_s"] = gen_time(pipe, n, repeats, merged=True)
-    router.remove("s1")
-    router.remove("s2")
-    saved = router.fuse("s0")
-    out["one_fused_s"] = gen_time(pipe, n, repeats)
-    assign(pipe.unet, saved)
-    for k in ("one_unfused", "one_unfused_merged", "three_unfused", "three_unfused_merged", "one_fused"):
-        out[f"{k}_overhead"] = round(out[f"{k}_s"] / out["base_s"] - 1, 4)
-    return {k: round(v, 4) for k, v in out.items()}
+    return router
+
+
+def inference(pipe, n, repeats=7):
+    """Per-round ratios: each round times every setting once, in a shuffled order, and divides by
+    that round's base; the medians over rounds are reported. On a shared 2-core machine single
+    timings drift by 10-30% within minutes, which swamps a few-% overhead unless it is paired."""
+    import random
+    import statistics
+
+    settings = {"base": (0, False, False), "one_unfused": (1, False, False),
+                "one_unfused_merged": (1, True, False), "three_unfused": (3, False, False),
+                "three_unfused_merged": (3, True, False), "one_fused": (1, False, True)}
+    _sliders(pipe, 0)
+    gen_time(pipe, n)  # warm-up
+    times = {k: [] for k in settings}
+    order = list(settings)
+    rng = random.Random(0)
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for key in order:
+            k, merged, fused = settings[key]
+            router = _sliders(pipe, k)
+            saved = router.fuse("s0") if fused else None
+            times[key].append(gen_time(pipe, n, merged))
+            if saved is not None:
+                assign(pipe.unet, saved)
+    _sliders(pipe, 0)
+    out = {f"{k}_s_median": round(statistics.median(v), 4) for k, v in times.items()}
+    for k in settings:
+        if k != "base":
+            ratios = [t / b for t, b in zip(times[k], times["base"])]
+            out[f"{k}_overhead"] = round(statistics.median(ratios) - 1, 4)
+            out[f"{k}_overhead_range"] = [round(min(ratios) - 1, 4), round(max(ratios) - 1, 4)]
+    out["rounds"] = repeats
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--images", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3, help="best of N timings per inference setting")
+    ap.add_argument("--repeats", type=int, default=7, help="rounds of paired inference timings")
     ap.add_argument("--skip-train", action="store_true", help="inference overheads only")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()

@@ -154,7 +154,7 @@ def run_esd(pipe, a):
         res.save(path)
         res.edit.remove()
         rows = {}
-        for c in concepts:
+        for c in cfg.concept_names():
             rep = erasure_report(pipe, CONCEPTS[c], edit=path, seeds=a.seeds, clf=clf, base=bases.get(c),
                                  n_target=a.n_target, n_other=a.n_other)
             bases[c] = rep["_base"]
@@ -168,6 +168,9 @@ def run_esd(pipe, a):
     trial("x-circle-striped", ["circle", "striped"], iterations=2 * base_cfg.iterations)
     # the style as the grammar writes it: "striped" alone is a prompt the model never saw
     trial("x-circle-striped-bg", ["circle", "a striped background"], iterations=2 * base_cfg.iterations)
+    # the style erased in its contexts, guided from the other backgrounds (the measured example)
+    two = EsdConfig.from_yaml("configs/esd/toy-circle-striped.yaml")
+    trial("x-circle-striped-ctx", two.concepts, iterations=two.iterations)
     trial("x-anchor-concept-eta2", ["circle"], anchor="{concept}", eta=2.0)
     trial("x-anchor-concept-eta1", ["circle"], anchor="{concept}", eta=1.0)
 
@@ -190,6 +193,10 @@ def run_slider(pipe, a):
         if a.only and name not in a.only:
             continue
         cfg = SliderConfig.from_yaml(cfgfile)
+        if a.set:
+            import yaml
+
+            cfg = cfg.replace(**{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.set)})
         paths[name] = os.path.join(a.out, f"slider-{name}.safetensors")
         train_s = None
         if not (a.reuse and os.path.exists(paths[name])):
@@ -237,6 +244,8 @@ def main():
     ap.add_argument("--reuse", action="store_true", help="evaluate existing slider files, no training")
     ap.add_argument("--no-sweep", action="store_true", help="train/reuse sliders, no per-slider sweep")
     ap.add_argument("--compose", action="store_true", help="composition report with --only size stripes")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override slider config keys (YAML values), e.g. --set train_after_start=true")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

@@ -27,6 +27,59 @@ def test_target_formula():
     assert torch.equal(esd_target(c, c, e, 2.0), esd_target(e, c, e, 1.0))
 
 
+def test_concept_specs_and_batched_target():
+    """Per-concept anchors/negatives/templates resolve to the right prompts, and the batched frozen
+    target equals mean(anchors) - eta (concept - mean(negatives)) sample by sample."""
+    from concept_edit.methods.esd.train import _frozen_target
+
+    cfg = EsdConfig(concepts=["circle", {"concept": "striped", "anchor": "plain|dotted", "negative": "anchor",
+                                         "templates": ["a {} background", "a star on a {} background"]}],
+                    anchor="", templates=[])
+    circle, striped = cfg.specs()
+    assert circle.prompts(0) == ("circle", [""], [""])
+    assert striped.prompts(1) == ("a star on a striped background",
+                                  ["a star on a plain background", "a star on a dotted background"],
+                                  ["a star on a plain background", "a star on a dotted background"])
+    assert EsdConfig(concepts=["red"], anchor="{concept}", templates=["a {} circle"]).specs()[0].prompts(0) \
+        == ("a red circle", ["a red circle"], [""])
+    assert EsdConfig(concepts=["red"], templates=["a {} circle"]).specs()[0].prompts(0)[1] == ["a circle"]
+    with pytest.raises(ConfigError, match="valid: concept, anchor"):
+        EsdConfig(concepts=[{"concept": "x", "anchr": ""}])
+    with pytest.raises(ConfigError, match="exactly one"):
+        EsdConfig(concepts=["x"], templates=["a background"])
+
+    values = {"circle": 3.0, "": 1.0, "a star on a striped background": 7.0,
+              "a star on a plain background": 2.0, "a star on a dotted background": 4.0}
+
+    class Fake:  # dn stand-in: the output is the prompt's value plus the state
+        def cat(self, states):
+            return torch.cat(states)
+
+        def predict(self, state, prompts):
+            return state + torch.tensor([values[p] for p in prompts]).view(-1, 1)
+
+    states = [torch.zeros(1, 2), torch.ones(1, 2)]
+    rows = [circle.prompts(0), striped.prompts(1)]
+    got = _frozen_target(Fake(), states, rows, lambda p: p, 2.0)
+    want = torch.tensor([[1 - 2 * (3 - 1)] * 2, [1 + 3 - 2 * ((1 + 7) - (1 + 3))] * 2], dtype=torch.float)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("sampler", ["bank", "online"])
+def test_templated_attribute_trains(tiny_pipe, sampler, tmp_path):
+    """An attribute erased in its contexts next to a plain concept trains (bank and online x_t),
+    saves and applies."""
+    pipe = tiny_pipe("sd1")
+    spec = {"concept": "striped", "anchor": "plain|dotted", "negative": "anchor",
+            "templates": ["a {} background", "a star on a {} background"]}
+    res = train_esd(pipe, EsdConfig(concepts=["circle", spec], sampler=sampler, batch_size=2, **TINY),
+                    progress=False)
+    assert len(res.losses) == 2 and all(torch.isfinite(torch.tensor(res.losses)))
+    res.save(str(tmp_path / "e.safetensors"))
+    res.edit.remove()
+    apply_artifact(pipe, str(tmp_path / "e.safetensors")).remove()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_variants_select_correct_sets_and_train(tiny_pipe, family, tmp_path):
     pipe = tiny_pipe(family)

@@ -114,3 +114,58 @@ def test_refused_on_other_base(tiny_pipe, pairs, tmp_path):
         apply_artifact(tiny_pipe("sdxl"), path)
     with pytest.raises(ArtifactError):
         apply_artifact(tiny_pipe("sd2"), path)
+
+
+def test_train_after_start_draws_only_late_steps(tiny_pipe, pairs, monkeypatch):
+    """With train_after_start, x_t comes only from steps >= round(start x ddim_steps) and pair
+    noise levels stay below the switch-on level; without it, early steps are drawn too."""
+    from concept_edit.core import denoise
+    from concept_edit.methods.slider import train as slider_train
+
+    steps, fracs = [], []
+    take = denoise.Bank.take
+    monkeypatch.setattr(denoise.Bank, "take", lambda self, t, s: steps.extend(s) or take(self, t, s))
+    noisy = slider_train.noisy_state
+    monkeypatch.setattr(slider_train, "noisy_state",
+                        lambda dn, tpl, x0, n, frac: fracs.append(frac) or noisy(dn, tpl, x0, n, frac))
+    pipe = tiny_pipe("sd1")
+    late = dict(ddim_steps=8, start=0.5, train_after_start=True, iterations=6, batch_size=4)
+    train_slider(pipe, _cfg("sd1", pairs, image_pairs=None, **late), progress=False).edit.remove()
+    assert len(steps) == 24 and min(steps) >= 4
+    train_slider(pipe, _cfg("sd1", pairs, prompts=[], **late), progress=False).edit.remove()
+    assert len(fracs) == 12 and max(fracs) <= 0.5
+    steps.clear()
+    train_slider(pipe, _cfg("sd1", pairs, image_pairs=None, **dict(late, train_after_start=False)),
+                 progress=False)
+    assert min(steps) < 4                                 # the default trains on every step
+    with pytest.raises(ConfigError, match="lower start"):
+        SliderConfig.from_dict({"prompts": PROMPTS, "start": 1.0, "train_after_start": True})
+
+
+def test_pair_captions(tiny_pipe, pairs, tmp_path, monkeypatch):
+    """captions: true trains each pair under low/NAME.txt; pairs without one use 'prompt'."""
+    import shutil
+
+    from concept_edit.methods.slider import train as slider_train
+
+    root = tmp_path / "p"
+    shutil.copytree(pairs, root)
+    (root / "low" / "1.txt").write_text("a red circle\n")
+    used = []
+    real = slider_train.CondTable
+
+    class Spy(real):
+        def __call__(self, texts):
+            used.extend(texts)
+            return super().__call__(texts)
+
+    monkeypatch.setattr(slider_train, "CondTable", Spy)
+    ip = dict(low=f"{root}/low", high=f"{root}/high", prompt="a shape", captions=True)
+    pipe = tiny_pipe("sd1")
+    train_slider(pipe, _cfg("sd1", pairs, prompts=[], image_pairs=ip, iterations=4, batch_size=3),
+                 progress=False).edit.remove()
+    assert set(used) == {"a red circle", "a shape"}
+    used.clear()
+    train_slider(pipe, _cfg("sd1", pairs, prompts=[], image_pairs=dict(ip, captions=False),
+                                        iterations=4, batch_size=3), progress=False)
+    assert set(used) == {"a shape"}

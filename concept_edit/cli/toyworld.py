@@ -99,10 +99,14 @@ def cmd_render(args) -> None:
 
 
 def cmd_render_pairs(args) -> None:
-    """Pairs of the same scene drawn small (low/) and large (high/): an image-pair size slider."""
+    """Pairs of the same scene drawn small (low/) and large (high/): an image-pair size slider.
+
+    Each pair gets a caption without its size (low/NAME.txt, "a red circle on a dotted
+    background"), used by ``image_pairs: {captions: true}``."""
     from PIL import Image
 
     from ..core.io import atomic_dir
+    from ..toyworld.captions import caption
     from ..toyworld.render import SIZES, Scene, render, sample_scene
 
     rng = np.random.default_rng(args.seed)
@@ -115,6 +119,8 @@ def cmd_render_pairs(args) -> None:
                           big.background, big.cx, big.cy)
             Image.fromarray(render(small)).save(os.path.join(tmp, "low", f"{i:04d}.png"))
             Image.fromarray(render(big)).save(os.path.join(tmp, "high", f"{i:04d}.png"))
+            with open(os.path.join(tmp, "low", f"{i:04d}.txt"), "w") as f:
+                f.write(caption(big.shape, big.colour, None, big.background) + "\n")
     print(f"wrote {args.n} small/large pairs to {args.out}/low and {args.out}/high")
 
 

@@ -267,6 +267,7 @@ class LoraRouter:
         if not m["quiet"]:  # the (folded or untouched) base layers alone: no branches to compute
             for _, layer in self.layers():
                 layer._disable_adapters = True
+                layer.forward = layer.get_base_layer().__call__  # skip peft's per-call dispatch too
             m["quiet"] = True
         return None
 
@@ -293,6 +294,7 @@ class LoraRouter:
             if p in m["saved"]:
                 layer.get_base_layer().weight.copy_(m["saved"][p])
             layer._disable_adapters = self._off
+            layer.__dict__.pop("forward", None)  # peft's forward again
         m["scales"], m["saved"], m["quiet"] = (), {}, False  # re-read W0 on the next fold
 
     # -- files -----------------------------------------------------------------------------

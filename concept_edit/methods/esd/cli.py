@@ -50,5 +50,5 @@ def run_cli(args) -> None:
     pipe = load_model(args)
     res = train_esd(pipe, cfg, checkpoint_dir=ckdir, resume=args.resume)
     meta = res.save(args.out)
-    print(f"ESD-{cfg.variant} on {', '.join(cfg.concepts)}: {len(res.losses)} steps, final loss "
+    print(f"ESD-{cfg.variant} on {', '.join(cfg.concept_names())}: {len(res.losses)} steps, final loss "
           f"{res.losses[-1]:.5f}, {res.seconds:.0f} s -> {args.out} ({meta['kind']})")

@@ -5,6 +5,14 @@ Example::
     >>> from concept_edit.methods.esd.config import EsdConfig
     >>> EsdConfig(concepts=["circle"], variant="x").site_group()
     'xattn'
+
+A concept is a string, or a mapping that overrides ``anchor``, ``negative`` and ``templates`` for
+that concept alone (an attribute erased next to an object)::
+
+    concepts:
+      - circle
+      - {concept: striped, anchor: "plain|dotted", negative: anchor,
+         templates: ["a {} background", "a square on a {} background"]}
 """
 from __future__ import annotations
 
@@ -17,10 +25,16 @@ VARIANTS = {"x": "xattn", "x-strict": "text_kv", "u": "esd_u", "self": "selfattn
 
 @dataclasses.dataclass
 class EsdConfig(StrictConfig):
-    concepts: list[str] = field([], "concepts to erase; one is sampled per step when several")
+    concepts: list = field([], "concepts to erase (strings, or mappings {concept, anchor, negative, "
+                               "templates}); one is sampled per step when several")
     anchor: str = field("", "'' (paper), '{concept}' (newer code: its eta=2 ~ paper eta=1) or a text "
-                            "to erase the concept from (e.g. 'cowboy' for 'cowboy hat')")
+                            "to erase the concept from (e.g. 'cowboy' for 'cowboy hat'); 'a|b' "
+                            "averages several anchors")
     eta: float = field(1.0, "negative-guidance strength of the target")
+    negative: str = field("empty", "what eta pushes away from: empty (paper: out(c) - out('')) | "
+                                   "anchor (out(c) - out(anchor): moves an attribute, keeps the scene)")
+    templates: list[str] = field([], "contexts with '{}' the concept and its anchor are trained in (one "
+                                     "per trajectory), e.g. 'a {} background'; [] = the concept alone")
     variant: str = field("x", "parameters trained: x | x-strict | u | self | full")
     iterations: int = field(300, "optimisation steps")
     lr: float = field(1e-4, "learning rate (LoRA); use ~1e-5 for direct fine-tuning")
@@ -41,8 +55,10 @@ class EsdConfig(StrictConfig):
     seed: int = field(0, "seed of sampling and training draws")
 
     def check(self) -> None:
-        if not self.concepts or not all(c.strip() for c in self.concepts):
+        specs = [self._spec(i, c) for i, c in enumerate(self.concepts)]
+        if not specs:
             raise ConfigError("give at least one non-empty concept to erase (--concept circle)")
+        object.__setattr__(self, "_specs", specs)
         if self.variant not in VARIANTS:
             raise ConfigError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
         if self.sampler not in ("bank", "online"):
@@ -58,5 +74,48 @@ class EsdConfig(StrictConfig):
     def site_group(self) -> str:
         return VARIANTS[self.variant]
 
-    def anchor_for(self, concept: str) -> str:
-        return self.anchor.replace("{concept}", concept)
+    def _spec(self, i: int, c) -> ConceptSpec:
+        d = {"concept": c} if isinstance(c, str) else dict(c) if isinstance(c, dict) else None
+        if d is None:
+            raise ConfigError(f"concepts[{i}] must be a string or a mapping with 'concept'")
+        unknown = set(d) - {"concept", "anchor", "negative", "templates"}
+        if unknown:
+            raise ConfigError(f"concepts[{i}]: unknown key(s) {sorted(unknown)}; valid: concept, anchor, "
+                              "negative, templates")
+        spec = ConceptSpec(str(d.get("concept") or "").strip(), d.get("anchor", self.anchor),
+                           d.get("negative", self.negative), list(d.get("templates", self.templates)))
+        if not spec.concept:
+            raise ConfigError(f"concepts[{i}] is empty; give the concept text (--concept circle)")
+        if spec.negative not in ("empty", "anchor"):
+            raise ConfigError(f"concepts[{i}]: negative must be empty or anchor, got {spec.negative!r}")
+        bad = [t for t in spec.templates if t.count("{}") != 1]
+        if bad:
+            raise ConfigError(f"concepts[{i}]: template {bad[0]!r} needs exactly one '{{}}' for the concept")
+        return spec
+
+    def specs(self) -> list["ConceptSpec"]:
+        """Every concept with its anchor, negative and templates resolved."""
+        return self._specs
+
+    def concept_names(self) -> list[str]:
+        return [s.concept for s in self._specs]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConceptSpec:
+    """One concept to erase. ``prompts(t)`` = (concept prompt, anchor prompts, negative prompts)
+    in template ``t``; the target is mean(anchors) - eta (concept - mean(negatives))."""
+
+    concept: str
+    anchor: str
+    negative: str
+    templates: list
+
+    def n_templates(self) -> int:
+        return max(1, len(self.templates))
+
+    def prompts(self, t: int) -> tuple[str, list[str], list[str]]:
+        tpl = self.templates[t] if self.templates else "{}"
+        fill = lambda x: " ".join(tpl.replace("{}", x).split())  # noqa: E731  ('' leaves no gap)
+        anchors = [fill(a.replace("{concept}", self.concept)) for a in self.anchor.split("|")]
+        return fill(self.concept), anchors, anchors if self.negative == "anchor" else [""]

@@ -7,10 +7,11 @@ Example::
     >>> res.save("esd-circle.safetensors")
 
 Target on x_t (any family's parameterisation; guidance is linear in the model output):
-``out(x_t, anchor) - eta * (out(x_t, c) - out(x_t, ''))`` with the frozen model = the same network
+``out(x_t, anchor) - eta * (out(x_t, c) - out(x_t, ''))`` (or ``- out(x_t, anchor)`` with
+``negative: anchor``; several anchors are averaged) with the frozen model = the same network
 with the edit switched off (LoRA disabled / original weights swapped in: no second copy), the
-three frozen passes batched as one, and x_t taken from the denoiser's own inputs (so scaled
-as the scheduler requires). ``sampler='bank'`` generates the frozen model's trajectories once;
+frozen passes of the whole batch run as one forward (anchor '' and the negative '' share one),
+and x_t taken from the denoiser's own inputs (so scaled as the scheduler requires). ``sampler='bank'`` generates the frozen model's trajectories once;
 ``'online'`` partially denoises with the model being trained each step (the paper's).
 """
 from __future__ import annotations
@@ -28,6 +29,24 @@ from ...core.families import resolve_sites
 from ...core.sampling import pipe_defaults
 from ...core.training import Checkpointer, EditParams, activation_checkpointing, make_optimizer, step_generator
 from .config import EsdConfig
+
+
+def _frozen_target(dn, states, rows, cond_rows, eta) -> torch.Tensor:
+    """Every frozen pass of the batch (anchors, concept, negatives of each sample) in one forward."""
+    idx, prompts, spans = [], [], []
+    for b, (concept, anchors, negatives) in enumerate(rows):
+        group = [concept, *anchors, *negatives] if negatives != anchors else [concept, *anchors]
+        spans.append((len(prompts), len(anchors), len(group)))
+        idx += [b] * len(group)
+        prompts += group
+    outs = dn.predict(dn.cat([states[b] for b in idx]), cond_rows(prompts)).float()
+    targets = []
+    for (s0, na, n), (_, anchors, negatives) in zip(spans, rows):
+        o = outs[s0:s0 + n]
+        o_a = o[1:1 + na].mean(0, keepdim=True)
+        o_n = o_a if negatives == anchors else o[1 + na:].mean(0, keepdim=True)
+        targets.append(esd_target(o_a, o[:1], o_n, eta))
+    return torch.cat(targets)
 
 
 def esd_target(out_anchor: torch.Tensor, out_concept: torch.Tensor, out_empty: torch.Tensor,
@@ -74,14 +93,19 @@ def train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: b
                       alpha=cfg.alpha, name="esd", seed=cfg.seed)
     opt = make_optimizer(cfg.optimizer, edit.parameters(), cfg.lr)
     size = cfg.size or pipe_defaults(pipe)["size"]
-    concepts = list(cfg.concepts)
-    texts = set(concepts) | {cfg.anchor_for(c) for c in concepts} | {""}
+    specs = cfg.specs()
+    texts = {""}
+    for sp in specs:
+        for t in range(sp.n_templates()):
+            concept, anchors, negatives = sp.prompts(t)
+            texts |= {concept, *anchors, *negatives}
     cond_rows = CondTable(dn, texts, empty_is_uncond=True)  # '' plays the unconditional branch
 
-    banks = {}
+    banks = {}  # trajectory i of concept j runs in template i mod n_templates
     if cfg.sampler == "bank":
-        for j, c in enumerate(concepts):
-            banks[c] = dn.capture([c] * cfg.bank_size, steps=cfg.ddim_steps, guidance=cfg.guidance,
+        for j, sp in enumerate(specs):
+            prompts = [sp.prompts(i % sp.n_templates())[0] for i in range(cfg.bank_size)]
+            banks[j] = dn.capture(prompts, steps=cfg.ddim_steps, guidance=cfg.guidance,
                                   seed=cfg.seed * 7_919 + j * 100_003 + rank * 10_007, height=size,
                                   width=size, progress=progress)
     ck = Checkpointer(checkpoint_dir)
@@ -97,26 +121,26 @@ def train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: b
     with activation_checkpointing(dn.module, cfg.gradient_checkpointing):
         for step in bar:
             g = step_generator(cfg.seed, step, stream=rank)
-            picks = torch.randint(len(concepts), (cfg.batch_size,), generator=g).tolist()
-            states = []
+            picks = torch.randint(len(specs), (cfg.batch_size,), generator=g).tolist()
+            states, rows = [], []
             for b, ci in enumerate(picks):
-                c = concepts[ci]
+                sp = specs[ci]
                 k = int(torch.randint(cfg.ddim_steps, (1,), generator=g))
                 if cfg.sampler == "bank":
                     i = int(torch.randint(cfg.bank_size, (1,), generator=g))
-                    states.append(banks[c].take([i], [k]))
+                    states.append(banks[ci].take([i], [k]))
+                    t = i % sp.n_templates()
                 else:
+                    t = int(torch.randint(sp.n_templates(), (1,), generator=g)) if sp.templates else 0
                     sg = torch.Generator(dn.device).manual_seed(int(torch.randint(2 ** 31, (1,), generator=g)))
-                    bank = dn.capture([c], steps=cfg.ddim_steps, guidance=cfg.guidance, seed=0, height=size,
-                                      width=size, stop_after=k, generators=[sg])
+                    bank = dn.capture([sp.prompts(t)[0]], steps=cfg.ddim_steps, guidance=cfg.guidance, seed=0,
+                                      height=size, width=size, stop_after=k, generators=[sg])
                     states.append(bank.take([0], [bank.n_steps - 1]))
+                rows.append(sp.prompts(t))
             state = dn.cat(states)
-            names = [concepts[ci] for ci in picks]
+            names = [r[0] for r in rows]
             with torch.no_grad(), edit.off():
-                trip = dn.cat([state, state, state])
-                outs = dn.predict(trip, cond_rows([cfg.anchor_for(n) for n in names] + names + [""] * len(names)))
-                o_a, o_c, o_e = outs.float().chunk(3)
-                target = esd_target(o_a, o_c, o_e, cfg.eta)
+                target = _frozen_target(dn, states, rows, cond_rows, cfg.eta)
             pred = dn.predict(state, cond_rows(names)).float()
             loss = F.mse_loss(pred, target)
             opt.zero_grad(set_to_none=True)

@@ -55,6 +55,8 @@ class ImagePairs(StrictConfig):
     low: str = field("", "folder of 'low' images (scale -s)")
     high: str = field("", "folder of 'high' images with the same file names (scale +s)")
     prompt: str = field("", "prompt used while training on the pairs")
+    captions: bool = field(False, "train each pair under its caption low/NAME.txt (kohya-style; "
+                                  "pairs without one use 'prompt')")
     scale: float = field(1.0, "s: LoRA scale for high, -s for low")
 
     def check(self) -> None:
@@ -83,6 +85,8 @@ class SliderConfig(StrictConfig):
     sample_guidance: float = field(3.0, "CFG used to sample x_t")
     size: int = field(0, "image size (0 = the model's default)")
     start: float = field(0.0, "recommended inference start fraction (stored in the file)")
+    train_after_start: bool = field(False, "train only on the denoising steps where the slider acts "
+                                           "at inference (after 'start'); the reference trains on all")
     checkpoint_every: int = field(100, "steps between checkpoints (with --resume)")
     seed: int = field(0, "seed")
 
@@ -115,6 +119,14 @@ class SliderConfig(StrictConfig):
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
         if not 0.0 <= self.start <= 1.0:
             raise ConfigError(f"start must be a fraction in [0, 1], got {self.start}")
+        if self.train_after_start and self.first_step() >= self.ddim_steps:
+            raise ConfigError(f"train_after_start with start {self.start} leaves no step of "
+                              f"{self.ddim_steps} to train on; lower start")
+
+    def first_step(self) -> int:
+        """First trajectory step trained on: round(start x ddim_steps) with train_after_start, else 0
+        (the same rounding as the inference switch in core.lora)."""
+        return round(self.start * self.ddim_steps) if self.train_after_start else 0
 
     def prompt_sets(self) -> list[PromptSet]:
         attrs = self.preservation or [None]

@@ -57,7 +57,8 @@ class SliderResult:
                                   extra={"train_seconds": round(self.seconds, 1)})
 
 
-def _load_pairs(pairs) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_pairs(pairs) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(low images, high images, one prompt per pair) with pixels in [-1, 1]."""
     from PIL import Image
 
     names = sorted(f for f in os.listdir(pairs.low) if f.lower().endswith((".png", ".jpg", ".jpeg")))
@@ -70,7 +71,14 @@ def _load_pairs(pairs) -> tuple[torch.Tensor, torch.Tensor]:
         arr = np.stack([np.asarray(Image.open(os.path.join(d, n)).convert("RGB")) for n in names])
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
-    return load(pairs.low), load(pairs.high)
+    def prompt(n):
+        txt = os.path.join(pairs.low, os.path.splitext(n)[0] + ".txt")
+        if pairs.captions and os.path.exists(txt):
+            with open(txt, encoding="utf-8") as f:
+                return f.read().strip()
+        return pairs.prompt
+
+    return load(pairs.low), load(pairs.high), [prompt(n) for n in names]
 
 
 def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, resume: bool = False,
@@ -85,7 +93,13 @@ def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, res
     size = cfg.size or pipe_defaults(pipe)["size"]
     sets = cfg.prompt_sets()
     texts = {t for s in sets for t in (s.target, s.positive, s.unconditional, s.neutral)}
-    cond = CondTable(dn, texts | ({cfg.image_pairs.prompt} if cfg.image_pairs else set()))
+    pairs, captions = None, []
+    if cfg.image_pairs is not None:
+        low, high, captions = _load_pairs(cfg.image_pairs)
+        pairs = (encode_images(pipe, low), encode_images(pipe, high))
+        template = dn.capture([cfg.image_pairs.prompt], steps=1, guidance=1.0, seed=0,
+                              height=low.shape[2], width=low.shape[3]).take([0], [0])
+    cond = CondTable(dn, texts | set(captions))
 
     bank, bank_round = None, -1
 
@@ -101,12 +115,6 @@ def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, res
             bank_round = r
         return bank
 
-    pairs = None
-    if cfg.image_pairs is not None:
-        low, high = _load_pairs(cfg.image_pairs)
-        pairs = (encode_images(pipe, low), encode_images(pipe, high))
-        template = dn.capture([cfg.image_pairs.prompt], steps=1, guidance=1.0, seed=0,
-                              height=low.shape[2], width=low.shape[3]).take([0], [0])
     ck = Checkpointer(checkpoint_dir)
     start, losses = 0, []
     if resume and ck.exists():
@@ -122,7 +130,7 @@ def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, res
         if sets:
             loss = loss + _text_loss(dn, router, cfg, sets, cond, get_bank, step, g, size)
         if pairs is not None:
-            loss = loss + _pair_loss(dn, router, cfg, pairs, template, cond, g)
+            loss = loss + _pair_loss(dn, router, cfg, pairs, captions, template, cond, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -140,7 +148,7 @@ def _text_loss(dn, router, cfg, sets, cond, get_bank, step, g, size):
     picks = torch.randint(len(sets), (cfg.batch_size,), generator=g).tolist()
     states = []
     for j in picks:
-        k = int(torch.randint(cfg.ddim_steps, (1,), generator=g))
+        k = int(torch.randint(cfg.first_step(), cfg.ddim_steps, (1,), generator=g))
         if cfg.sampler == "bank":
             i = int(torch.randint(cfg.bank_size, (1,), generator=g))
             states.append(get_bank(step).take([j * cfg.bank_size + i], [k]))
@@ -163,17 +171,18 @@ def _text_loss(dn, router, cfg, sets, cond, get_bank, step, g, size):
     return F.mse_loss(pred, target)
 
 
-def _pair_loss(dn, router, cfg, pairs, template, cond, g):
+def _pair_loss(dn, router, cfg, pairs, captions, template, cond, g):
     low, high = pairs
     idx = torch.randint(len(low), (cfg.batch_size,), generator=g)
-    frac = float(torch.rand(1, generator=g)) * 0.98 + 0.01
+    hi = 1.0 - cfg.first_step() / cfg.ddim_steps  # noise level where the slider switches on
+    frac = float(torch.rand(1, generator=g)) * (hi - 0.02) + 0.01
     noise = torch.randn(low[idx].shape, generator=g)
     s = cfg.image_pairs.scale
     total = 0.0
     for lat, scale in ((high[idx], s), (low[idx], -s)):
         state, target = noisy_state(dn, template, lat, noise, frac)
         router.set_scale(cfg.name, scale)
-        pred = dn.predict(state, cond([cfg.image_pairs.prompt] * len(idx))).float()
+        pred = dn.predict(state, cond([captions[i] for i in idx.tolist()])).float()
         total = total + F.mse_loss(pred, target.to(pred))
     router.set_scale(cfg.name, 1.0)
     return total
