@@ -171,6 +171,7 @@ def run_esd(pipe, a):
     # the style erased in its contexts, guided from the other backgrounds (the measured example)
     two = EsdConfig.from_yaml("configs/esd/toy-circle-striped.yaml")
     trial("x-circle-striped-ctx", two.concepts, iterations=two.iterations)
+    trial("x-circle-striped-ctx-1200", two.concepts, iterations=1200)
     trial("x-anchor-concept-eta2", ["circle"], anchor="{concept}", eta=2.0)
     trial("x-anchor-concept-eta1", ["circle"], anchor="{concept}", eta=1.0)
 
