@@ -75,23 +75,14 @@ class EsdConfig(StrictConfig):
         return VARIANTS[self.variant]
 
     def _spec(self, i: int, c) -> ConceptSpec:
-        d = {"concept": c} if isinstance(c, str) else dict(c) if isinstance(c, dict) else None
-        if d is None:
+        if not isinstance(c, (str, dict)):
             raise ConfigError(f"concepts[{i}] must be a string or a mapping with 'concept'")
-        unknown = set(d) - {"concept", "anchor", "negative", "templates"}
-        if unknown:
-            raise ConfigError(f"concepts[{i}]: unknown key(s) {sorted(unknown)}; valid: concept, anchor, "
-                              "negative, templates")
-        spec = ConceptSpec(str(d.get("concept") or "").strip(), d.get("anchor", self.anchor),
-                           d.get("negative", self.negative), list(d.get("templates", self.templates)))
-        if not spec.concept:
-            raise ConfigError(f"concepts[{i}] is empty; give the concept text (--concept circle)")
-        if spec.negative not in ("empty", "anchor"):
-            raise ConfigError(f"concepts[{i}]: negative must be empty or anchor, got {spec.negative!r}")
-        bad = [t for t in spec.templates if t.count("{}") != 1]
-        if bad:
-            raise ConfigError(f"concepts[{i}]: template {bad[0]!r} needs exactly one '{{}}' for the concept")
-        return spec
+        d = {"concept": c} if isinstance(c, str) else c
+        try:  # the shared strict parsing: unknown keys name the nearest valid one
+            return ConceptSpec.from_dict({"anchor": self.anchor, "negative": self.negative,
+                                          "templates": list(self.templates), **d})
+        except ConfigError as e:
+            raise ConfigError(f"concepts[{i}]: {e}") from None
 
     def specs(self) -> list["ConceptSpec"]:
         """Every concept with its anchor, negative and templates resolved."""
@@ -101,15 +92,25 @@ class EsdConfig(StrictConfig):
         return [s.concept for s in self._specs]
 
 
-@dataclasses.dataclass(frozen=True)
-class ConceptSpec:
+@dataclasses.dataclass
+class ConceptSpec(StrictConfig):
     """One concept to erase. ``prompts(t)`` = (concept prompt, anchor prompts, negative prompts)
     in template ``t``; the target is mean(anchors) - eta (concept - mean(negatives))."""
 
-    concept: str
-    anchor: str
-    negative: str
-    templates: list
+    concept: str = field("", "the concept's text")
+    anchor: str = field("", "anchor text ('a|b' averages several; '{concept}' is the concept)")
+    negative: str = field("empty", "empty | anchor")
+    templates: list[str] = field([], "contexts with one '{}'")
+
+    def check(self) -> None:
+        object.__setattr__(self, "concept", self.concept.strip())
+        if not self.concept:
+            raise ConfigError("the concept is empty; give its text (--concept circle)")
+        if self.negative not in ("empty", "anchor"):
+            raise ConfigError(f"negative must be empty or anchor, got {self.negative!r}")
+        bad = [t for t in self.templates if t.count("{}") != 1]
+        if bad:
+            raise ConfigError(f"template {bad[0]!r} needs exactly one '{{}}' for the concept")
 
     def n_templates(self) -> int:
         return max(1, len(self.templates))
