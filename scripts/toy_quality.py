@@ -145,10 +145,14 @@ def run_esd(pipe, a):
     bases, results = {}, {}
     base_cfg = EsdConfig.from_yaml("configs/esd/toy-circle-x.yaml")
 
-    def trial(name, concepts, **kw):
+    def trial(name, concepts, base=None, **kw):
         if a.only and name not in a.only:
             return
-        cfg = base_cfg.replace(concepts=concepts, **kw)
+        cfg = (base or base_cfg).replace(concepts=concepts, **kw)
+        if a.set:
+            import yaml
+
+            cfg = cfg.replace(**{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.set)})
         res = train_esd(pipe, cfg, progress=True)
         path = os.path.join(a.out, f"esd-{name}.safetensors")
         res.save(path)
@@ -170,8 +174,10 @@ def run_esd(pipe, a):
     trial("x-circle-striped-bg", ["circle", "a striped background"], iterations=2 * base_cfg.iterations)
     # the style erased in its contexts, guided from the other backgrounds (the measured example)
     two = EsdConfig.from_yaml("configs/esd/toy-circle-striped.yaml")
-    trial("x-circle-striped-ctx", two.concepts, iterations=two.iterations)
-    trial("x-circle-striped-ctx-1200", two.concepts, iterations=1200)
+    trial("x-circle-striped-ctx", two.concepts, base=two.replace(preserve=[]))
+    trial("x-circle-striped-ctx-1200", two.concepts, base=two.replace(preserve=[]), iterations=1200)
+    # the same with the other shapes on the other backgrounds preserved (the shipped file)
+    trial("x-circle-striped-keep", two.concepts, base=two)
     trial("x-anchor-concept-eta2", ["circle"], anchor="{concept}", eta=2.0)
     trial("x-anchor-concept-eta1", ["circle"], anchor="{concept}", eta=1.0)
 
@@ -246,7 +252,7 @@ def main():
     ap.add_argument("--no-sweep", action="store_true", help="train/reuse sliders, no per-slider sweep")
     ap.add_argument("--compose", action="store_true", help="composition report with --only size stripes")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="override slider config keys (YAML values), e.g. --set train_after_start=true")
+                    help="override slider / ESD config keys (YAML values), e.g. --set train_after_start=true")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

@@ -63,18 +63,38 @@ def test_concept_specs_and_batched_target():
     got = _frozen_target(Fake(), states, rows, lambda p: p, 2.0)
     want = torch.tensor([[1 - 2 * (3 - 1)] * 2, [1 + 3 - 2 * ((1 + 7) - (1 + 3))] * 2], dtype=torch.float)
     assert torch.equal(got, want)
+    # a preserved prompt (eta 0 for its row) regresses onto its own frozen output
+    keep = EsdConfig(concepts=["circle"], preserve=["a star on a  plain background"]).preserve_spec()
+    assert keep.prompts(0) == ("a star on a plain background", ["a star on a plain background"],
+                               ["a star on a plain background"])
+    got = _frozen_target(Fake(), states, [circle.prompts(0), keep.prompts(0)], lambda p: p, [2.0, 0.0])
+    assert torch.equal(got, torch.tensor([[1 - 2 * (3 - 1)] * 2, [1 + 2] * 2], dtype=torch.float))
+    with pytest.raises(ConfigError, match="also a prompt to erase"):
+        EsdConfig(concepts=["circle"], preserve=["circle"])
+    with pytest.raises(ConfigError, match="preserve_share"):
+        EsdConfig(concepts=["circle"], preserve=["a star"], preserve_share=1.0)
 
 
 @pytest.mark.parametrize("sampler", ["bank", "online"])
-def test_templated_attribute_trains(tiny_pipe, sampler, tmp_path):
-    """An attribute erased in its contexts next to a plain concept trains (bank and online x_t),
-    saves and applies."""
+def test_templated_attribute_trains(tiny_pipe, sampler, tmp_path, monkeypatch):
+    """An attribute erased in its contexts next to a plain concept, with preserved prompts, trains
+    (bank and online x_t; preserved prompts are drawn with eta 0), saves and applies."""
+    from concept_edit.methods.esd import train as esd_train
+
+    etas = []
+    real = esd_train._frozen_target
+    monkeypatch.setattr(esd_train, "_frozen_target",
+                        lambda dn, st, rows, c, eta: etas.extend(zip([r[0] for r in rows], eta))
+                        or real(dn, st, rows, c, eta))
     pipe = tiny_pipe("sd1")
     spec = {"concept": "striped", "anchor": "plain|dotted", "negative": "anchor",
             "templates": ["a {} background", "a star on a {} background"]}
-    res = train_esd(pipe, EsdConfig(concepts=["circle", spec], sampler=sampler, batch_size=2, **TINY),
-                    progress=False)
-    assert len(res.losses) == 2 and all(torch.isfinite(torch.tensor(res.losses)))
+    res = train_esd(pipe, EsdConfig(concepts=["circle", spec], sampler=sampler, batch_size=4,
+                                    preserve=["a star on a plain background"], preserve_share=0.5,
+                                    **dict(TINY, iterations=3)), progress=False)
+    assert len(res.losses) == 3 and all(torch.isfinite(torch.tensor(res.losses)))
+    assert ("a star on a plain background", 0.0) in etas
+    assert {e for p, e in etas if p != "a star on a plain background"} == {TINY.get("eta", 1.0)}
     res.save(str(tmp_path / "e.safetensors"))
     res.edit.remove()
     apply_artifact(pipe, str(tmp_path / "e.safetensors")).remove()
@@ -163,8 +183,11 @@ def test_accelerate_launch_one_cpu_process(tiny_dirs, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "concept_edit.cli.main", "esd", "--model", tiny_dirs("sd1"), "--concept", "circle",
-           "--steps", "2", "--out", out]
+           "--preserve", "a star; a square", "--steps", "2", "--out", out]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert any(k.endswith("lora_A.weight") for k in load_safetensors(out))
+    from concept_edit.core.io import read_artifact_meta
+
+    assert read_artifact_meta(out)["config"]["preserve"] == ["a star", "a square"]

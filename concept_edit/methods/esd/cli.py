@@ -14,6 +14,8 @@ def add_cli(sub) -> None:
     p = sub.add_parser("esd", help="ESD: fine-tune erasure (LoRA or direct), progress bar with loss")
     add_model_args(p)
     p.add_argument("--concept", action="append", help="concept to erase (repeat, or 'a; b')")
+    p.add_argument("--preserve", action="append",
+                   help="prompt to keep as the frozen model draws it (repeat, or 'a; b')")
     p.add_argument("--variant", help="x | x-strict | u | self | full")
     p.add_argument("--anchor", help="'' (paper), '{concept}' (newer code) or text to erase from")
     p.add_argument("--eta", type=float)
@@ -41,6 +43,8 @@ def run_cli(args) -> None:
             if getattr(args, k) is not None}
     if args.concept:
         over["concepts"] = [c for a in args.concept for c in split_list(a)]
+    if args.preserve:
+        over["preserve"] = [c for a in args.preserve for c in split_list(a)]
     if not args.out.endswith(".safetensors"):
         raise UsageError(f"--out {args.out!r}: write a .safetensors file name")
     cfg = EsdConfig.from_yaml(args.config, **over) if args.config else EsdConfig.from_dict(over)

@@ -35,6 +35,10 @@ class EsdConfig(StrictConfig):
                                    "anchor (out(c) - out(anchor): moves an attribute, keeps the scene)")
     templates: list[str] = field([], "contexts with '{}' the concept and its anchor are trained in (one "
                                      "per trajectory), e.g. 'a {} background'; [] = the concept alone")
+    preserve: list[str] = field([], "prompts the edit must leave as the frozen model renders them "
+                                    "(target = their own frozen output), e.g. the other objects "
+                                    "on the other backgrounds; not in the paper (see docs/esd.md)")
+    preserve_share: float = field(0.25, "share of each batch drawn from 'preserve' prompts")
     variant: str = field("x", "parameters trained: x | x-strict | u | self | full")
     iterations: int = field(300, "optimisation steps")
     lr: float = field(1e-4, "learning rate (LoRA); use ~1e-5 for direct fine-tuning")
@@ -70,6 +74,14 @@ class EsdConfig(StrictConfig):
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0.0 < self.preserve_share < 1.0:
+            raise ConfigError(f"preserve_share must be in (0, 1), got {self.preserve_share}")
+        object.__setattr__(self, "preserve", [" ".join(str(p).split()) for p in self.preserve])
+        erased = {s.prompts(t)[0] for s in specs for t in range(s.n_templates())}
+        clash = [p for p in self.preserve if p in erased]
+        if clash:
+            raise ConfigError(f"preserve prompt {clash[0]!r} is also a prompt to erase; remove it "
+                              "from 'preserve'")
 
     def site_group(self) -> str:
         return VARIANTS[self.variant]
@@ -90,6 +102,24 @@ class EsdConfig(StrictConfig):
 
     def concept_names(self) -> list[str]:
         return [s.concept for s in self._specs]
+
+    def preserve_spec(self) -> "PreserveSpec | None":
+        return PreserveSpec(list(self.preserve)) if self.preserve else None
+
+
+@dataclasses.dataclass
+class PreserveSpec:
+    """Prompts kept as they are: row t is (prompt, [prompt], [prompt]), trained with eta 0, so
+    the target is the frozen model's own output on it."""
+
+    texts: list[str]
+
+    def n_templates(self) -> int:
+        return len(self.texts)
+
+    def prompts(self, t: int) -> tuple[str, list[str], list[str]]:
+        p = self.texts[t]
+        return p, [p], [p]
 
 
 @dataclasses.dataclass

@@ -32,20 +32,26 @@ from .config import EsdConfig
 
 
 def _frozen_target(dn, states, rows, cond_rows, eta) -> torch.Tensor:
-    """Every frozen pass of the batch (anchors, concept, negatives of each sample) in one forward."""
-    idx, prompts, spans = [], [], []
+    """Every frozen pass of the batch (anchors, concept, negatives of each sample) in one forward.
+
+    ``eta`` is one value or one per row (0 for a preserved prompt: its target is its own output).
+    A prompt that appears twice in a row (anchor '' and negative '') is computed once."""
+    etas = list(eta) if isinstance(eta, (list, tuple)) else [eta] * len(rows)
+    idx, prompts, groups = [], [], []
     for b, (concept, anchors, negatives) in enumerate(rows):
-        group = [concept, *anchors, *negatives] if negatives != anchors else [concept, *anchors]
-        spans.append((len(prompts), len(anchors), len(group)))
-        idx += [b] * len(group)
-        prompts += group
+        local = {}
+        for p in (concept, *anchors, *negatives):
+            if p not in local:
+                local[p] = len(prompts)
+                prompts.append(p)
+                idx.append(b)
+        groups.append(([local[concept]], [local[a] for a in anchors], [local[n] for n in negatives]))
     outs = dn.predict(dn.cat([states[b] for b in idx]), cond_rows(prompts)).float()
     targets = []
-    for (s0, na, n), (_, anchors, negatives) in zip(spans, rows):
-        o = outs[s0:s0 + n]
-        o_a = o[1:1 + na].mean(0, keepdim=True)
-        o_n = o_a if negatives == anchors else o[1 + na:].mean(0, keepdim=True)
-        targets.append(esd_target(o_a, o[:1], o_n, eta))
+    for (ic, ia, ineg), e in zip(groups, etas):
+        o_a = outs[ia].mean(0, keepdim=True)
+        o_n = outs[ineg].mean(0, keepdim=True)
+        targets.append(esd_target(o_a, outs[ic], o_n, e))
     return torch.cat(targets)
 
 
@@ -94,20 +100,22 @@ def train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: b
     opt = make_optimizer(cfg.optimizer, edit.parameters(), cfg.lr)
     size = cfg.size or pipe_defaults(pipe)["size"]
     specs = cfg.specs()
+    keep = cfg.preserve_spec()  # drawn with probability preserve_share per batch row
     texts = {""}
-    for sp in specs:
+    for sp in specs + ([keep] if keep else []):
         for t in range(sp.n_templates()):
             concept, anchors, negatives = sp.prompts(t)
             texts |= {concept, *anchors, *negatives}
     cond_rows = CondTable(dn, texts, empty_is_uncond=True)  # '' plays the unconditional branch
 
-    banks = {}  # trajectory i of concept j runs in template i mod n_templates
+    banks = {}  # trajectory i of concept j runs in template i mod n_templates (j = -1: preserve)
     if cfg.sampler == "bank":
-        for j, sp in enumerate(specs):
-            prompts = [sp.prompts(i % sp.n_templates())[0] for i in range(cfg.bank_size)]
+        for j, sp in [*enumerate(specs)] + ([(-1, keep)] if keep else []):
+            n = cfg.bank_size if j >= 0 else max(cfg.bank_size, keep.n_templates())
+            prompts = [sp.prompts(i % sp.n_templates())[0] for i in range(n)]
             banks[j] = dn.capture(prompts, steps=cfg.ddim_steps, guidance=cfg.guidance,
-                                  seed=cfg.seed * 7_919 + j * 100_003 + rank * 10_007, height=size,
-                                  width=size, progress=progress)
+                                  seed=cfg.seed * 7_919 + (j % (len(specs) + 1)) * 100_003 + rank * 10_007,
+                                  height=size, width=size, progress=progress)
     ck = Checkpointer(checkpoint_dir)
     start, losses = 0, []
     if resume and ck.exists():
@@ -122,16 +130,19 @@ def train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: b
         for step in bar:
             g = step_generator(cfg.seed, step, stream=rank)
             picks = torch.randint(len(specs), (cfg.batch_size,), generator=g).tolist()
+            if keep:  # drawn only when there is something to preserve: old runs stay bit-identical
+                kept = torch.rand(cfg.batch_size, generator=g) < cfg.preserve_share
+                picks = [-1 if k else ci for ci, k in zip(picks, kept.tolist())]
             states, rows = [], []
             for b, ci in enumerate(picks):
-                sp = specs[ci]
+                sp = specs[ci] if ci >= 0 else keep
                 k = int(torch.randint(cfg.ddim_steps, (1,), generator=g))
                 if cfg.sampler == "bank":
-                    i = int(torch.randint(cfg.bank_size, (1,), generator=g))
+                    i = int(torch.randint(banks[ci].n_traj, (1,), generator=g))
                     states.append(banks[ci].take([i], [k]))
                     t = i % sp.n_templates()
                 else:
-                    t = int(torch.randint(sp.n_templates(), (1,), generator=g)) if sp.templates else 0
+                    t = int(torch.randint(sp.n_templates(), (1,), generator=g)) if sp.n_templates() > 1 else 0
                     sg = torch.Generator(dn.device).manual_seed(int(torch.randint(2 ** 31, (1,), generator=g)))
                     bank = dn.capture([sp.prompts(t)[0]], steps=cfg.ddim_steps, guidance=cfg.guidance, seed=0,
                                       height=size, width=size, stop_after=k, generators=[sg])
@@ -140,7 +151,8 @@ def train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: b
             state = dn.cat(states)
             names = [r[0] for r in rows]
             with torch.no_grad(), edit.off():
-                target = _frozen_target(dn, states, rows, cond_rows, cfg.eta)
+                target = _frozen_target(dn, states, rows, cond_rows,
+                                        [cfg.eta if ci >= 0 else 0.0 for ci in picks])
             pred = dn.predict(state, cond_rows(names)).float()
             loss = F.mse_loss(pred, target)
             opt.zero_grad(set_to_none=True)
