@@ -167,5 +167,12 @@ def test_pair_captions(tiny_pipe, pairs, tmp_path, monkeypatch):
     assert set(used) == {"a red circle", "a shape"}
     used.clear()
     train_slider(pipe, _cfg("sd1", pairs, prompts=[], image_pairs=dict(ip, captions=False),
-                                        iterations=4, batch_size=3), progress=False)
+                                        iterations=4, batch_size=3), progress=False).edit.remove()
     assert set(used) == {"a shape"}
+    # a caption file of several lines: one caption drawn per step, each line used
+    (root / "low" / "1.txt").write_text("a red circle\n\na circle\n")
+    (root / "low" / "0.txt").write_text("a blue star\n")
+    used.clear()
+    train_slider(pipe, _cfg("sd1", pairs, prompts=[], image_pairs=ip, iterations=12, batch_size=3),
+                 progress=False).edit.remove()
+    assert set(used) == {"a red circle", "a circle", "a blue star", "a shape"}

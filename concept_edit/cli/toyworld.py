@@ -101,8 +101,9 @@ def cmd_render(args) -> None:
 def cmd_render_pairs(args) -> None:
     """Pairs of the same scene drawn small (low/) and large (high/): an image-pair size slider.
 
-    Each pair gets a caption without its size (low/NAME.txt, "a red circle on a dotted
-    background"), used by ``image_pairs: {captions: true}``."""
+    Each pair gets captions without its size (low/NAME.txt, one per line: "a red circle on a
+    dotted background", then with ``--caption-variants`` also "a circle on a dotted background",
+    "a red circle", "a circle"), used by ``image_pairs: {captions: true}``."""
     from PIL import Image
 
     from ..core.io import atomic_dir
@@ -119,8 +120,12 @@ def cmd_render_pairs(args) -> None:
                           big.background, big.cx, big.cy)
             Image.fromarray(render(small)).save(os.path.join(tmp, "low", f"{i:04d}.png"))
             Image.fromarray(render(big)).save(os.path.join(tmp, "high", f"{i:04d}.png"))
+            caps = [caption(big.shape, big.colour, None, big.background)]
+            if args.caption_variants:
+                caps += [caption(big.shape, None, None, big.background),
+                         caption(big.shape, big.colour), caption(big.shape)]
             with open(os.path.join(tmp, "low", f"{i:04d}.txt"), "w") as f:
-                f.write(caption(big.shape, big.colour, None, big.background) + "\n")
+                f.write("\n".join(caps) + "\n")
     print(f"wrote {args.n} small/large pairs to {args.out}/low and {args.out}/high")
 
 
@@ -210,4 +215,6 @@ def add_cli(sub) -> None:
     rp.add_argument("out")
     rp.add_argument("--n", type=positive_int("--n"), default=64)
     rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--caption-variants", action="store_true",
+                    help="also write the captions without colour / background (one per line)")
     rp.set_defaults(func=cmd_render_pairs)

@@ -56,7 +56,8 @@ class ImagePairs(StrictConfig):
     high: str = field("", "folder of 'high' images with the same file names (scale +s)")
     prompt: str = field("", "prompt used while training on the pairs")
     captions: bool = field(False, "train each pair under its caption low/NAME.txt (kohya-style; "
-                                  "pairs without one use 'prompt')")
+                                  "pairs without one use 'prompt'; a file of several lines gives "
+                                  "several captions, one drawn per step)")
     scale: float = field(1.0, "s: LoRA scale for high, -s for low")
 
     def check(self) -> None:

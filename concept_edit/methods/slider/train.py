@@ -57,8 +57,12 @@ class SliderResult:
                                   extra={"train_seconds": round(self.seconds, 1)})
 
 
-def _load_pairs(pairs) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(low images, high images, one prompt per pair) with pixels in [-1, 1]."""
+def _load_pairs(pairs) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
+    """(low images, high images, the captions of each pair) with pixels in [-1, 1].
+
+    A caption file may hold several lines: each is a caption of the pair, and every training step
+    draws one (e.g. with and without the colour, so the slider also meets prompts that leave it
+    unnamed)."""
     from PIL import Image
 
     names = sorted(f for f in os.listdir(pairs.low) if f.lower().endswith((".png", ".jpg", ".jpeg")))
@@ -71,14 +75,15 @@ def _load_pairs(pairs) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         arr = np.stack([np.asarray(Image.open(os.path.join(d, n)).convert("RGB")) for n in names])
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
-    def prompt(n):
+    def prompts(n):
         txt = os.path.join(pairs.low, os.path.splitext(n)[0] + ".txt")
         if pairs.captions and os.path.exists(txt):
             with open(txt, encoding="utf-8") as f:
-                return f.read().strip()
-        return pairs.prompt
+                lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+            return lines or [""]
+        return [pairs.prompt]
 
-    return load(pairs.low), load(pairs.high), [prompt(n) for n in names]
+    return load(pairs.low), load(pairs.high), [prompts(n) for n in names]
 
 
 def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, resume: bool = False,
@@ -99,7 +104,7 @@ def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, res
         pairs = (encode_images(pipe, low), encode_images(pipe, high))
         template = dn.capture([cfg.image_pairs.prompt], steps=1, guidance=1.0, seed=0,
                               height=low.shape[2], width=low.shape[3]).take([0], [0])
-    cond = CondTable(dn, texts | set(captions))
+    cond = CondTable(dn, texts | {c for caps in captions for c in caps})
 
     bank, bank_round = None, -1
 
@@ -178,11 +183,13 @@ def _pair_loss(dn, router, cfg, pairs, captions, template, cond, g):
     frac = float(torch.rand(1, generator=g)) * (hi - 0.02) + 0.01
     noise = torch.randn(low[idx].shape, generator=g)
     s = cfg.image_pairs.scale
+    texts = [captions[i][int(torch.randint(len(captions[i]), (1,), generator=g))] if len(captions[i]) > 1
+             else captions[i][0] for i in idx.tolist()]
     total = 0.0
     for lat, scale in ((high[idx], s), (low[idx], -s)):
         state, target = noisy_state(dn, template, lat, noise, frac)
         router.set_scale(cfg.name, scale)
-        pred = dn.predict(state, cond([captions[i] for i in idx.tolist()])).float()
+        pred = dn.predict(state, cond(texts)).float()
         total = total + F.mse_loss(pred, target.to(pred))
     router.set_scale(cfg.name, 1.0)
     return total
