@@ -103,3 +103,22 @@ def test_layer_typos_in_sites(tiny_dirs, capsys):
     pipe = load_pipeline(tiny_dirs("sd1"))
     with pytest.raises(SiteError, match="nearest"):
         get_module(pipe.unet, "mid_block.attentions.0.transformer_blocks.0.attn3")
+
+
+def test_render_pairs_captions(tmp_path, capsys):
+    """render-pairs: matching small/large files, captions without the size word, one per line
+    (full, without colour, without background, shape only); --single-caption writes the first."""
+    from concept_edit.toyworld.render import COLOUR_NAMES, SIZE_NAMES
+
+    code, _, _ = run(["toyworld", "render-pairs", str(tmp_path / "p"), "--n", "3"], capsys)
+    assert code == 0
+    low, high = tmp_path / "p" / "low", tmp_path / "p" / "high"
+    assert sorted(f.name for f in low.glob("*.png")) == sorted(f.name for f in high.glob("*.png"))
+    lines = (low / "0000.txt").read_text().splitlines()
+    assert len(lines) == 4 and " background" in lines[0] and " background" not in lines[2]
+    assert any(c in lines[0].split() for c in COLOUR_NAMES)
+    assert not any(c in lines[1].split() for c in COLOUR_NAMES)
+    assert not any(s in line.split() for line in lines for s in SIZE_NAMES)
+    code, _, _ = run(["toyworld", "render-pairs", str(tmp_path / "q"), "--n", "1", "--single-caption"], capsys)
+    assert code == 0                                     # same seed: the same first scene
+    assert (tmp_path / "q" / "low" / "0000.txt").read_text().splitlines() == lines[:1]

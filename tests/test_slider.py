@@ -136,8 +136,16 @@ def test_train_after_start_draws_only_late_steps(tiny_pipe, pairs, monkeypatch):
     assert len(fracs) == 12 and max(fracs) <= 0.5
     steps.clear()
     train_slider(pipe, _cfg("sd1", pairs, image_pairs=None, **dict(late, train_after_start=False)),
-                 progress=False)
+                 progress=False).edit.remove()
     assert min(steps) < 4                                 # the default trains on every step
+    assert SliderConfig.from_dict({"prompts": PROMPTS, "start": 0.5, "train_after_start": True,
+                                   "train_start": 0.25, "ddim_steps": 8}).first_step() == 2
+    steps.clear()
+    train_slider(pipe, _cfg("sd1", pairs, image_pairs=None, **dict(late, train_start=0.75)),
+                 progress=False)
+    assert min(steps) >= 6                                # train_start moves the first step
+    with pytest.raises(ConfigError, match="train_start"):
+        SliderConfig.from_dict({"prompts": PROMPTS, "train_start": 1.5})
     with pytest.raises(ConfigError, match="lower start"):
         SliderConfig.from_dict({"prompts": PROMPTS, "start": 1.0, "train_after_start": True})
 

@@ -102,8 +102,8 @@ def cmd_render_pairs(args) -> None:
     """Pairs of the same scene drawn small (low/) and large (high/): an image-pair size slider.
 
     Each pair gets captions without its size (low/NAME.txt, one per line: "a red circle on a
-    dotted background", then with ``--caption-variants`` also "a circle on a dotted background",
-    "a red circle", "a circle"), used by ``image_pairs: {captions: true}``."""
+    dotted background", "a circle on a dotted background", "a red circle", "a circle"; only the
+    first with ``--single-caption``), used by ``image_pairs: {captions: true}``."""
     from PIL import Image
 
     from ..core.io import atomic_dir
@@ -121,7 +121,7 @@ def cmd_render_pairs(args) -> None:
             Image.fromarray(render(small)).save(os.path.join(tmp, "low", f"{i:04d}.png"))
             Image.fromarray(render(big)).save(os.path.join(tmp, "high", f"{i:04d}.png"))
             caps = [caption(big.shape, big.colour, None, big.background)]
-            if args.caption_variants:
+            if not args.single_caption:
                 caps += [caption(big.shape, None, None, big.background),
                          caption(big.shape, big.colour), caption(big.shape)]
             with open(os.path.join(tmp, "low", f"{i:04d}.txt"), "w") as f:
@@ -215,6 +215,7 @@ def add_cli(sub) -> None:
     rp.add_argument("out")
     rp.add_argument("--n", type=positive_int("--n"), default=64)
     rp.add_argument("--seed", type=int, default=0)
-    rp.add_argument("--caption-variants", action="store_true",
-                    help="also write the captions without colour / background (one per line)")
+    rp.add_argument("--single-caption", action="store_true",
+                    help="write only the full caption (default: also the captions without "
+                         "colour / background, one per line)")
     rp.set_defaults(func=cmd_render_pairs)

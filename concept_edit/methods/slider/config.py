@@ -88,6 +88,8 @@ class SliderConfig(StrictConfig):
     start: float = field(0.0, "recommended inference start fraction (stored in the file)")
     train_after_start: bool = field(False, "train only on the denoising steps where the slider acts "
                                            "at inference (after 'start'); the reference trains on all")
+    train_start: float | None = field(None, "with train_after_start: the fraction training begins "
+                                            "at, if not 'start' (e.g. a little before it)")
     checkpoint_every: int = field(100, "steps between checkpoints (with --resume)")
     seed: int = field(0, "seed")
 
@@ -120,6 +122,8 @@ class SliderConfig(StrictConfig):
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
         if not 0.0 <= self.start <= 1.0:
             raise ConfigError(f"start must be a fraction in [0, 1], got {self.start}")
+        if self.train_start is not None and not 0.0 <= self.train_start <= 1.0:
+            raise ConfigError(f"train_start must be a fraction in [0, 1], got {self.train_start}")
         if self.train_after_start and self.first_step() >= self.ddim_steps:
             raise ConfigError(f"train_after_start with start {self.start} leaves no step of "
                               f"{self.ddim_steps} to train on; lower start")
@@ -127,7 +131,9 @@ class SliderConfig(StrictConfig):
     def first_step(self) -> int:
         """First trajectory step trained on: round(start x ddim_steps) with train_after_start, else 0
         (the same rounding as the inference switch in core.lora)."""
-        return round(self.start * self.ddim_steps) if self.train_after_start else 0
+        if not self.train_after_start:
+            return 0
+        return round((self.start if self.train_start is None else self.train_start) * self.ddim_steps)
 
     def prompt_sets(self) -> list[PromptSet]:
         attrs = self.preservation or [None]
