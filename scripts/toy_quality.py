@@ -138,6 +138,16 @@ def run_uce(pipe, a):
     save(a.out, "uce", results)
 
 
+def with_overrides(cfg, pairs: list[str]):
+    """``--set KEY=VALUE`` (YAML values) applied through the config's strict ``replace``."""
+    import yaml
+
+    bad = [kv for kv in pairs if "=" not in kv]
+    if bad:
+        raise SystemExit(f"--set {bad[0]!r}: write KEY=VALUE, e.g. --set iterations=600")
+    return cfg.replace(**{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in pairs)}) if pairs else cfg
+
+
 def run_esd(pipe, a):
     from concept_edit.methods.esd import EsdConfig, train_esd
 
@@ -148,11 +158,7 @@ def run_esd(pipe, a):
     def trial(name, concepts, base=None, **kw):
         if a.only and name not in a.only:
             return
-        cfg = (base or base_cfg).replace(concepts=concepts, **kw)
-        if a.set:
-            import yaml
-
-            cfg = cfg.replace(**{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.set)})
+        cfg = with_overrides((base or base_cfg).replace(concepts=concepts, **kw), a.set)
         res = train_esd(pipe, cfg, progress=True)
         path = os.path.join(a.out, f"esd-{name}.safetensors")
         res.save(path)
@@ -199,11 +205,7 @@ def run_slider(pipe, a):
                           ("stripes", "configs/sliders/toy-stripes.yaml")):
         if a.only and name not in a.only:
             continue
-        cfg = SliderConfig.from_yaml(cfgfile)
-        if a.set:
-            import yaml
-
-            cfg = cfg.replace(**{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.set)})
+        cfg = with_overrides(SliderConfig.from_yaml(cfgfile), a.set)
         paths[name] = os.path.join(a.out, f"slider-{name}.safetensors")
         train_s = None
         if not (a.reuse and os.path.exists(paths[name])):

@@ -146,6 +146,8 @@ def test_train_after_start_draws_only_late_steps(tiny_pipe, pairs, monkeypatch):
     assert min(steps) >= 6                                # train_start moves the first step
     with pytest.raises(ConfigError, match="train_start"):
         SliderConfig.from_dict({"prompts": PROMPTS, "train_start": 1.5})
+    with pytest.raises(ConfigError, match="lower train_start"):
+        SliderConfig.from_dict({"prompts": PROMPTS, "train_after_start": True, "train_start": 1.0})
     with pytest.raises(ConfigError, match="lower start"):
         SliderConfig.from_dict({"prompts": PROMPTS, "start": 1.0, "train_after_start": True})
 

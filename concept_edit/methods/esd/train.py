@@ -111,10 +111,11 @@ def train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: b
     banks = {}  # trajectory i of concept j runs in template i mod n_templates (j = -1: preserve)
     if cfg.sampler == "bank":
         for j, sp in [*enumerate(specs)] + ([(-1, keep)] if keep else []):
-            n = cfg.bank_size if j >= 0 else max(cfg.bank_size, keep.n_templates())
+            n = cfg.bank_size if j >= 0 else max(cfg.bank_size, keep.n_templates())  # every prompt once
             prompts = [sp.prompts(i % sp.n_templates())[0] for i in range(n)]
+            stream = j if j >= 0 else len(specs)  # the preserve bank seeds after the concepts
             banks[j] = dn.capture(prompts, steps=cfg.ddim_steps, guidance=cfg.guidance,
-                                  seed=cfg.seed * 7_919 + (j % (len(specs) + 1)) * 100_003 + rank * 10_007,
+                                  seed=cfg.seed * 7_919 + stream * 100_003 + rank * 10_007,
                                   height=size, width=size, progress=progress)
     ck = Checkpointer(checkpoint_dir)
     start, losses = 0, []

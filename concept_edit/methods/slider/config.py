@@ -125,8 +125,9 @@ class SliderConfig(StrictConfig):
         if self.train_start is not None and not 0.0 <= self.train_start <= 1.0:
             raise ConfigError(f"train_start must be a fraction in [0, 1], got {self.train_start}")
         if self.train_after_start and self.first_step() >= self.ddim_steps:
-            raise ConfigError(f"train_after_start with start {self.start} leaves no step of "
-                              f"{self.ddim_steps} to train on; lower start")
+            key = "start" if self.train_start is None else "train_start"
+            raise ConfigError(f"train_after_start with {key} {getattr(self, key)} leaves no step of "
+                              f"{self.ddim_steps} to train on; lower {key}")
 
     def first_step(self) -> int:
         """First trajectory step trained on: round(start x ddim_steps) with train_after_start, else 0

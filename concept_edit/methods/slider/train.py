@@ -183,6 +183,7 @@ def _pair_loss(dn, router, cfg, pairs, captions, template, cond, g):
     frac = float(torch.rand(1, generator=g)) * (hi - 0.02) + 0.01
     noise = torch.randn(low[idx].shape, generator=g)
     s = cfg.image_pairs.scale
+    # one caption per pair; single-caption pairs draw nothing (their runs stay as they were)
     texts = [captions[i][int(torch.randint(len(captions[i]), (1,), generator=g))] if len(captions[i]) > 1
              else captions[i][0] for i in idx.tolist()]
     total = 0.0
