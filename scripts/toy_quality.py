@@ -216,6 +216,7 @@ def run_slider(pipe, a):
         metric = "striped" if name == "stripes" else "radius"
         for start in [] if a.no_sweep else a.start or [None]:  # None: the file's recommended start
             rep = slider_report(pipe, paths[name], seeds=a.seeds, metric=metric, clf=clf, start=start,
+                                scales=a.scales,
                                 prompts=SLIDER_PROMPTS[::len(SLIDER_PROMPTS) // a.slider_prompts])
             rep["train_seconds"] = train_s
             results[name if len(a.start) < 2 else f"{name}@{start}"] = rep
@@ -250,6 +251,8 @@ def main():
     ap.add_argument("--slider-prompts", type=int, default=8, help="every k-th of the 8 sweep prompts")
     ap.add_argument("--start", type=float, nargs="*", default=[],
                     help="slider start fractions to evaluate (default: each file's recommended start)")
+    ap.add_argument("--scales", type=float, nargs="+", default=[-2, -1, 0, 1, 2],
+                    help="slider scales swept (a quick screen: -2 0 2)")
     ap.add_argument("--reuse", action="store_true", help="evaluate existing slider files, no training")
     ap.add_argument("--no-sweep", action="store_true", help="train/reuse sliders, no per-slider sweep")
     ap.add_argument("--compose", action="store_true", help="composition report with --only size stripes")

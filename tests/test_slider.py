@@ -186,3 +186,59 @@ def test_pair_captions(tiny_pipe, pairs, tmp_path, monkeypatch):
     train_slider(pipe, _cfg("sd1", pairs, prompts=[], image_pairs=ip, iterations=12, batch_size=3),
                  progress=False).edit.remove()
     assert set(used) == {"a red circle", "a circle", "a blue star", "a shape"}
+
+
+def test_pair_levels(tiny_pipe, pairs, tmp_path, monkeypatch):
+    """image_pairs as a list: each step draws one level and trains at its scale (+s high, -s low;
+    with transport, the cross terms too); levels are checked (distinct scales, no scale 0, not empty) and recorded in the metadata."""
+    from concept_edit.core.io import read_artifact_meta
+    from concept_edit.core.lora import LoraRouter
+
+    lv = dict(low=f"{pairs}/low", high=f"{pairs}/high", prompt="a shape")
+    scales = []
+    real = LoraRouter.set_scale
+    monkeypatch.setattr(LoraRouter, "set_scale", lambda self, n, s: scales.append(s) or real(self, n, s))
+    cfg = _cfg("sd1", pairs, prompts=[], image_pairs=[dict(lv, scale=1.0), dict(lv, scale=2.0)],
+               iterations=12, transport=1.0)
+    res = train_slider(tiny_pipe("sd1"), cfg, progress=False)
+    assert {-2.0, -1.0, 1.0, 2.0} <= set(scales) <= {-2.0, -1.0, 1.0, 2.0}
+    assert len(scales) > 12 * 3 + 1     # 2 terms + reset per step, plus the cross terms on some
+    path = str(tmp_path / "levels.safetensors")
+    res.save(path)
+    assert [d["scale"] for d in read_artifact_meta(path)["config"]["image_pairs"]] == [1.0, 2.0]
+    with pytest.raises(ConfigError, match="distinct scales"):
+        SliderConfig.from_dict({"image_pairs": [lv, lv]})
+    with pytest.raises(ConfigError, match="scale 0"):
+        SliderConfig.from_dict({"image_pairs": dict(lv, scale=0)})
+    with pytest.raises(ConfigError, match="empty list"):
+        SliderConfig.from_dict({"image_pairs": []})
+    with pytest.raises(ConfigError, match=r"image_pairs\[1\]: .*did you mean 'scale'"):
+        SliderConfig.from_dict({"image_pairs": [lv, dict(lv, scael=2)]})
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sd3"])   # epsilon, v-prediction, flow matching
+def test_transport_noise_reads_other_image(tiny_pipe, family):
+    """The cross term's state is exactly x_t of the other image (same noise), and its target is
+    what a prediction implying x0 = the first image must be."""
+    from concept_edit.core.denoise import Denoiser, noisy_state, signal_ratio
+
+    pipe = tiny_pipe(family)
+    dn = Denoiser(pipe)
+    tpl = dn.capture(["a shape"], steps=1, guidance=1.0, seed=0, height=32, width=32).take([0], [0])
+    g = torch.Generator().manual_seed(0)
+    lat, other, noise = (torch.randn(2, *dn_latent_shape(pipe), generator=g) for _ in range(3))
+    key = dn.family.input_kwarg
+    for frac in (0.3, 0.6, 0.9):
+        c = signal_ratio(dn, frac)
+        moved, target = noisy_state(dn, tpl, lat, noise + c * (other - lat), frac)
+        plain, _ = noisy_state(dn, tpl, other, noise, frac)
+        assert torch.allclose(moved[key], plain[key], atol=1e-5)
+        _, own = noisy_state(dn, tpl, lat, noise, frac)
+        assert not torch.allclose(target, own)            # the target asks for the other image
+    with pytest.raises(ConfigError, match="transport"):
+        SliderConfig.from_dict({"prompts": PROMPTS, "transport": -1})
+
+
+def dn_latent_shape(pipe):
+    c = getattr(pipe, "transformer", None) or pipe.unet
+    return (c.config.in_channels, 4, 4)

@@ -267,6 +267,19 @@ def encode_images(pipe, images: torch.Tensor) -> torch.Tensor:
     return ((z - shift) * vae.config.scaling_factor).float()
 
 
+def signal_ratio(dn: Denoiser, frac: float) -> float:
+    """Signal over noise coefficient of x_t at noise level ``frac`` (the same levels as
+    noisy_state): sqrt(a / (1 - a)) for DDPM-family schedulers, (1 - s) / s for flow matching.
+    ``noise + signal_ratio * (x0_other - x0)`` is the noise under which x_t of ``x0_other`` reads as
+    a noisy ``x0``."""
+    sched = dn.pipe.scheduler
+    if hasattr(sched, "alphas_cumprod"):
+        n_train = len(sched.alphas_cumprod)
+        a = float(sched.alphas_cumprod[min(int(frac * n_train), n_train - 1)])
+        return (a / (1.0 - a)) ** 0.5
+    return (1.0 - frac) / frac
+
+
 def noisy_state(dn: Denoiser, template: dict, x0: torch.Tensor, noise: torch.Tensor,
                 frac: float) -> tuple[dict, torch.Tensor]:
     """Training pair at noise level ``frac`` in (0, 1): (state with x_t, regression target).

@@ -63,6 +63,9 @@ class ImagePairs(StrictConfig):
     def check(self) -> None:
         if not self.low or not self.high:
             raise ConfigError("image_pairs needs 'low' and 'high' folders")
+        if self.scale == 0:
+            raise ConfigError("image_pairs scale 0 trains nothing; give the LoRA scale of 'high' "
+                              "(e.g. 1; 'low' gets its negative)")
 
 
 @dataclasses.dataclass
@@ -70,7 +73,12 @@ class SliderConfig(StrictConfig):
     name: str = field("slider", "slider name (metadata, adapter name)")
     prompts: list = field([], "text slider prompt sets (target, positive, unconditional, ...)")
     preservation: list[str] = field([], "attributes filling '{}' (or prefixing) every prompt set")
-    image_pairs: dict | None = field(None, "image-pair slider: {low, high, prompt, scale}")
+    image_pairs: dict | list | None = field(None, "image-pair slider: {low, high, prompt, captions, "
+                                                  "scale}, or a list of them (levels: e.g. low/high at "
+                                                  "scale 1, verylow/veryhigh at 2); each step draws one")
+    transport: float = field(0.0, "image pairs: weight of the cross term (LoRA at +s on noisy LOW "
+                                  "images must predict HIGH ones, at -s the reverse) on noise levels "
+                                  ">= 0.5; 0 = the paper's objective")
     sites: str = field("noxattn", "xattn | noxattn | selfattn | full | c3lier (adds resnet conv LoRA)")
     rank: int = field(4, "LoRA rank")
     alpha: float = field(1.0, "LoRA alpha (scale alpha / rank)")
@@ -110,16 +118,15 @@ class SliderConfig(StrictConfig):
             else:
                 raise ConfigError(f"prompts[{i}] must be a mapping with target/positive/unconditional")
         object.__setattr__(self, "prompts", sets)
-        if isinstance(self.image_pairs, dict):
-            try:
-                object.__setattr__(self, "image_pairs", ImagePairs.from_dict(self.image_pairs))
-            except ConfigError as e:
-                raise ConfigError(f"image_pairs: {e}") from None
+        if self.image_pairs is not None:
+            object.__setattr__(self, "image_pairs", self._pair_levels(self.image_pairs))
         if not self.prompts and self.image_pairs is None:
             raise ConfigError("give text prompt sets ('prompts:') or 'image_pairs:'")
         for k in ("rank", "iterations", "batch_size", "bank_size", "ddim_steps", "checkpoint_every"):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
+        if self.transport < 0:
+            raise ConfigError(f"transport is a loss weight >= 0, got {self.transport}")
         if not 0.0 <= self.start <= 1.0:
             raise ConfigError(f"start must be a fraction in [0, 1], got {self.start}")
         if self.train_start is not None and not 0.0 <= self.train_start <= 1.0:
@@ -128,6 +135,35 @@ class SliderConfig(StrictConfig):
             key = "start" if self.train_start is None else "train_start"
             raise ConfigError(f"train_after_start with {key} {getattr(self, key)} leaves no step of "
                               f"{self.ddim_steps} to train on; lower {key}")
+
+    @staticmethod
+    def _pair_levels(value):
+        """One ImagePairs (a mapping) or a list of them (levels with their own scales)."""
+        def one(v, where):
+            if isinstance(v, ImagePairs):
+                return v
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where} must be a mapping with low/high/scale")
+            try:
+                return ImagePairs.from_dict(v)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+
+        if not isinstance(value, (list, tuple)):
+            return one(value, "image_pairs")
+        if not value:
+            raise ConfigError("image_pairs is an empty list; give at least one {low, high, scale}")
+        levels = [one(v, f"image_pairs[{i}]") for i, v in enumerate(value)]
+        scales = [lv.scale for lv in levels]
+        if len(set(scales)) < len(scales):
+            raise ConfigError(f"image_pairs levels need distinct scales, got {scales}")
+        return levels
+
+    def pair_levels(self) -> list[ImagePairs]:
+        """The image-pair sets (one per level); [] for a text slider."""
+        if self.image_pairs is None:
+            return []
+        return list(self.image_pairs) if isinstance(self.image_pairs, list) else [self.image_pairs]
 
     def first_step(self) -> int:
         """First trajectory step trained on: round(start x ddim_steps) with train_after_start, else 0

@@ -10,7 +10,8 @@ Example::
 Text sliders: at scale 1 on ``target`` the LoRA'd model regresses onto
 ``out(neutral) +/- g (out(positive) - out(unconditional))`` (frozen = LoRA at scale 0, the three
 frozen passes in one batch). Image pairs: the same noise and timestep on both images; the LoRA at
-+s must predict the clean target on 'high', at -s on 'low'. x_t for text sliders comes from a
++s must predict the clean target on 'high', at -s on 'low' (several levels of pairs, each with its
+own s, draw one level per step). x_t for text sliders comes from a
 bank of frozen-model trajectories (refreshed every ``bank_refresh`` steps) or online with the
 LoRA active (the paper's).
 """
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ...core.artifacts import save_lora_artifact
-from ...core.denoise import CondTable, Denoiser, encode_images, noisy_state
+from ...core.denoise import CondTable, Denoiser, encode_images, noisy_state, signal_ratio
 from ...core.families import resolve_sites
 from ...core.sampling import pipe_defaults
 from ...core.training import Checkpointer, EditParams, make_optimizer, step_generator
@@ -98,13 +99,18 @@ def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, res
     size = cfg.size or pipe_defaults(pipe)["size"]
     sets = cfg.prompt_sets()
     texts = {t for s in sets for t in (s.target, s.positive, s.unconditional, s.neutral)}
-    pairs, captions = None, []
-    if cfg.image_pairs is not None:
-        low, high, captions = _load_pairs(cfg.image_pairs)
-        pairs = (encode_images(pipe, low), encode_images(pipe, high))
-        template = dn.capture([cfg.image_pairs.prompt], steps=1, guidance=1.0, seed=0,
-                              height=low.shape[2], width=low.shape[3]).take([0], [0])
-    cond = CondTable(dn, texts | {c for caps in captions for c in caps})
+    levels, template = [], None
+    for lv in cfg.pair_levels():
+        low, high, captions = _load_pairs(lv)
+        if template is None:
+            template = dn.capture([lv.prompt], steps=1, guidance=1.0, seed=0,
+                                  height=low.shape[2], width=low.shape[3]).take([0], [0])
+            hw = tuple(low.shape[2:])
+        elif tuple(low.shape[2:]) != hw:
+            raise ValueError(f"image pairs: {lv.low} holds {tuple(low.shape[2:])} images, the first "
+                             f"level {hw}; render every level at one size")
+        levels.append((encode_images(pipe, low), encode_images(pipe, high), captions, lv.scale))
+    cond = CondTable(dn, texts | {c for lv in levels for caps in lv[2] for c in caps})
 
     bank, bank_round = None, -1
 
@@ -134,8 +140,8 @@ def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, res
         loss = 0.0
         if sets:
             loss = loss + _text_loss(dn, router, cfg, sets, cond, get_bank, step, g, size)
-        if pairs is not None:
-            loss = loss + _pair_loss(dn, router, cfg, pairs, captions, template, cond, g)
+        if levels:
+            loss = loss + _pair_loss(dn, router, cfg, levels, template, cond, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -176,21 +182,33 @@ def _text_loss(dn, router, cfg, sets, cond, get_bank, step, g, size):
     return F.mse_loss(pred, target)
 
 
-def _pair_loss(dn, router, cfg, pairs, captions, template, cond, g):
-    low, high = pairs
+TRANSPORT_FROM = 0.5  # the cross term only where x_t is mostly noise (its targets grow as 1/noise)
+
+
+def _pair_loss(dn, router, cfg, levels, template, cond, g):
+    # one level per step (the LoRA scale is one number per forward), as the reference draws a
+    # folder pair per step; a single level draws nothing, so its runs stay as they were
+    k = int(torch.randint(len(levels), (1,), generator=g)) if len(levels) > 1 else 0
+    low, high, captions, s = levels[k]
     idx = torch.randint(len(low), (cfg.batch_size,), generator=g)
     hi = 1.0 - cfg.first_step() / cfg.ddim_steps  # noise level where the slider switches on
     frac = float(torch.rand(1, generator=g)) * (hi - 0.02) + 0.01
     noise = torch.randn(low[idx].shape, generator=g)
-    s = cfg.image_pairs.scale
     # one caption per pair; single-caption pairs draw nothing (their runs stay as they were)
     texts = [captions[i][int(torch.randint(len(captions[i]), (1,), generator=g))] if len(captions[i]) > 1
              else captions[i][0] for i in idx.tolist()]
     total = 0.0
-    for lat, scale in ((high[idx], s), (low[idx], -s)):
-        state, target = noisy_state(dn, template, lat, noise, frac)
+    terms = [(high[idx], noise, s, 1.0), (low[idx], noise, -s, 1.0)]
+    if cfg.transport and frac >= TRANSPORT_FROM:
+        # cross term: x_t of the LOW image read as a noisy HIGH one (and back), so the LoRA learns to
+        # move a size already present in x_t, which is its job at inference
+        c = signal_ratio(dn, frac)
+        terms += [(high[idx], noise + c * (low[idx] - high[idx]), s, cfg.transport),
+                  (low[idx], noise + c * (high[idx] - low[idx]), -s, cfg.transport)]
+    for lat, n, scale, w in terms:
+        state, target = noisy_state(dn, template, lat, n, frac)
         router.set_scale(cfg.name, scale)
         pred = dn.predict(state, cond(texts)).float()
-        total = total + F.mse_loss(pred, target.to(pred))
+        total = total + w * F.mse_loss(pred, target.to(pred))
     router.set_scale(cfg.name, 1.0)
     return total
