@@ -237,6 +237,14 @@ def test_transport_noise_reads_other_image(tiny_pipe, family):
         assert not torch.allclose(target, own)            # the target asks for the other image
     with pytest.raises(ConfigError, match="transport"):
         SliderConfig.from_dict({"prompts": PROMPTS, "transport": -1})
+    with pytest.raises(ConfigError, match="add image_pairs or drop transport"):
+        SliderConfig.from_dict({"prompts": PROMPTS, "transport": 1})
+    pairs = {"low": "l", "high": "h"}
+    with pytest.raises(ConfigError, match="never reaches"):   # noise levels stay below 0.5
+        SliderConfig.from_dict({"image_pairs": pairs, "transport": 1, "train_after_start": True,
+                                "start": 0.6})
+    SliderConfig.from_dict({"image_pairs": pairs, "transport": 1, "train_after_start": True,
+                            "start": 0.24})
 
 
 def dn_latent_shape(pipe):

@@ -274,10 +274,15 @@ def signal_ratio(dn: Denoiser, frac: float) -> float:
     a noisy ``x0``."""
     sched = dn.pipe.scheduler
     if hasattr(sched, "alphas_cumprod"):
-        n_train = len(sched.alphas_cumprod)
-        a = float(sched.alphas_cumprod[min(int(frac * n_train), n_train - 1)])
+        a = float(sched.alphas_cumprod[_train_step(sched, frac)])
         return (a / (1.0 - a)) ** 0.5
     return (1.0 - frac) / frac
+
+
+def _train_step(sched, frac: float) -> int:
+    """The training timestep of noise level ``frac`` for DDPM-family schedulers."""
+    n_train = len(sched.alphas_cumprod)
+    return min(int(frac * n_train), n_train - 1)
 
 
 def noisy_state(dn: Denoiser, template: dict, x0: torch.Tensor, noise: torch.Tensor,
@@ -291,8 +296,7 @@ def noisy_state(dn: Denoiser, template: dict, x0: torch.Tensor, noise: torch.Ten
     sched = dn.pipe.scheduler
     b = x0.shape[0]
     if hasattr(sched, "alphas_cumprod"):
-        n_train = len(sched.alphas_cumprod)
-        t = torch.full((b,), min(int(frac * n_train), n_train - 1), dtype=torch.long)
+        t = torch.full((b,), _train_step(sched, frac), dtype=torch.long)
         a = sched.alphas_cumprod[t].to(x0)[:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = getattr(sched.config, "prediction_type", "epsilon")

@@ -20,6 +20,8 @@ import dataclasses
 
 from ...core.config import ConfigError, StrictConfig, field
 
+TRANSPORT_FROM = 0.5  # the cross term only where x_t is mostly noise (its targets grow as 1/noise)
+
 SITES = {"xattn": ("xattn",), "noxattn": ("noxattn",), "selfattn": ("selfattn",), "full": ("all",),
          "c3lier": ("noxattn", "resnets")}
 
@@ -127,6 +129,8 @@ class SliderConfig(StrictConfig):
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
         if self.transport < 0:
             raise ConfigError(f"transport is a loss weight >= 0, got {self.transport}")
+        if self.transport and self.image_pairs is None:
+            raise ConfigError("transport weighs an image-pair term; add image_pairs or drop transport")
         if not 0.0 <= self.start <= 1.0:
             raise ConfigError(f"start must be a fraction in [0, 1], got {self.start}")
         if self.train_start is not None and not 0.0 <= self.train_start <= 1.0:
@@ -135,6 +139,9 @@ class SliderConfig(StrictConfig):
             key = "start" if self.train_start is None else "train_start"
             raise ConfigError(f"train_after_start with {key} {getattr(self, key)} leaves no step of "
                               f"{self.ddim_steps} to train on; lower {key}")
+        if self.transport and 1.0 - self.first_step() / self.ddim_steps <= TRANSPORT_FROM:
+            raise ConfigError(f"transport acts on noise levels >= {TRANSPORT_FROM}, which training "
+                              "never reaches with this start; lower train_start or drop transport")
 
     @staticmethod
     def _pair_levels(value):

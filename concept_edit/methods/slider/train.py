@@ -31,7 +31,7 @@ from ...core.denoise import CondTable, Denoiser, encode_images, noisy_state, sig
 from ...core.families import resolve_sites
 from ...core.sampling import pipe_defaults
 from ...core.training import Checkpointer, EditParams, make_optimizer, step_generator
-from .config import SliderConfig
+from .config import TRANSPORT_FROM, SliderConfig
 
 
 def slider_target(neutral: torch.Tensor, positive: torch.Tensor, unconditional: torch.Tensor,
@@ -180,9 +180,6 @@ def _text_loss(dn, router, cfg, sets, cond, get_bank, step, g, size):
     router.set_scale(cfg.name, 1.0)
     pred = dn.predict(state, cond([p.target for p in ps])).float()
     return F.mse_loss(pred, target)
-
-
-TRANSPORT_FROM = 0.5  # the cross term only where x_t is mostly noise (its targets grow as 1/noise)
 
 
 def _pair_loss(dn, router, cfg, levels, template, cond, g):
