@@ -2,13 +2,32 @@
 
 Example::
 
-    >>> from concept_edit import load_pipeline, generate, SampleSettings
-    >>> pipe = load_pipeline()                                  # the embedded toy world
-    >>> images = generate(pipe, SampleSettings(prompt="a red circle", n=4))
+    >>> from concept_edit import load, generate, SampleSettings
+    >>> model = load()                                          # the embedded toy world
+    >>> images = generate(model.pipe, SampleSettings(prompt="a red circle", n=4))
+
+Importing the package is light: torch and diffusers load with the first function that needs them.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from .core.loading import load_pipeline  # noqa: E402
-from .core.sampling import SampleSettings, generate  # noqa: E402
+_LAZY = {
+    "load": "concept_edit.core.model",
+    "model_of": "concept_edit.core.model",
+    "Model": "concept_edit.core.model",
+    "load_pipeline": "concept_edit.core.loading",
+    "generate": "concept_edit.core.sampling",
+    "SampleSettings": "concept_edit.core.sampling",
+    "METHODS": "concept_edit.methods",
+    "SCORERS": "concept_edit.scorers",
+}
 
-__all__ = ["load_pipeline", "generate", "SampleSettings", "__version__"]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'concept_edit' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

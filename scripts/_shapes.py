@@ -34,8 +34,9 @@ def sd15_pipeline(seed: int = 0):
         if isinstance(c, torch.nn.Module):
             c.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
-    pipe._concept_edit_source = "sd15-shaped-random"
-    pipe._concept_edit_defaults = {"size": 256, "steps": 50, "guidance": 7.5}
+    from concept_edit.core.model import model_of
+
+    model_of(pipe, source="sd15-shaped-random", shipped={"size": 256, "steps": 50, "guidance": 7.5})
     return pipe
 
 

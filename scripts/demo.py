@@ -1,7 +1,8 @@
 """`make demo`: the main job on the embedded toy world, offline on CPU, in about a minute.
 
 1. generates a grid for a few prompts and scores every image with the toy classifier;
-2. erases "circle" with UCE (closed form, seconds) and shows "a circle" before/after.
+2. erases "circle" with UCE (configs/uce/erase-circle.yaml; closed form, seconds) and shows
+   "a circle" before/after.
 Images land in --out (grid.png, erase-circle.png, and the raw PNGs); a summary is printed.
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ import time
 import numpy as np
 from PIL import Image
 
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "uce",
+                      "erase-circle.yaml")  # the shipped erase-circle settings
 PROMPTS = ["a large red circle on a plain background", "a small blue square on a striped background",
            "a yellow star on a dotted background", "a green triangle"]
 
@@ -29,22 +32,23 @@ def main(argv=None):
     ap.add_argument("--model", default=None)
     a = ap.parse_args(argv)
 
-    from concept_edit import SampleSettings, generate, load_pipeline
+    from concept_edit import SampleSettings, generate, load
     from concept_edit.core.io import atomic_dir
     from concept_edit.methods.uce import UceConfig, uce_edit
     from concept_edit.toyworld.captions import parse
     from concept_edit.toyworld.classifier import load_classifier, match_rates, predict
 
     t0 = time.time()
-    pipe = load_pipeline(a.model)
+    model = load(a.model)
+    pipe = model.pipe
     clf = load_classifier()
-    summary = {"model": pipe._concept_edit_source, "prompts": {}}
+    summary = {"model": model.source, "prompts": {}}
     rows = []
     for p in PROMPTS:
         imgs = generate(pipe, SampleSettings(prompt=p, n=a.seeds, seed=0), progress=False)
         rows.append(imgs)
         summary["prompts"][p] = {k: round(v, 3) for k, v in match_rates(predict(clf, imgs), parse(p)).items()}
-    res = uce_edit(pipe, UceConfig(edit=["circle"], preserve=["square", "triangle", "star"]), progress=False)
+    res = uce_edit(pipe, UceConfig.from_yaml(CONFIG), progress=False)
     before = generate(pipe, SampleSettings(prompt="a circle", n=a.seeds, seed=100), progress=False)
     with res.applied():
         after = generate(pipe, SampleSettings(prompt="a circle", n=a.seeds, seed=100), progress=False)

@@ -36,7 +36,8 @@ def test_sites_and_generate_every_family(tiny_dirs, family, tmp_path, capsys):
     for name in ("000.png", "001.png"):
         assert open(os.path.join(o1, name), "rb").read() == open(os.path.join(o2, name), "rb").read()
     m = json.load(open(os.path.join(o1, "manifest.json")))
-    assert m["seeds"] == [7, 8] and m["family"] == family and m["model"] == d
+    assert m["seeds"] == [7, 8] and m["family"] == family and m["model"] == os.path.basename(d)
+    assert tmp_path.parts[1] not in json.dumps(m)  # no absolute local path in a manifest
     assert {"steps", "guidance", "height", "width", "scheduler", "applied"} <= set(m)
 
 

@@ -3,158 +3,66 @@
 Example::
 
     concept-edit generate --prompt "a red circle" --n 4 --out out/red
-    concept-edit sites weights/toy-world --json
+    concept-edit sites --json
     concept-edit make-tiny sdxl /tmp/tiny-sdxl
+
+Parsing, ``--help`` and every check that needs no model run before torch or diffusers are
+imported; errors are one line (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import sys
-import time
 
-from .common import (Parser, UsageError, add_model_args, fail, load_model, parse_apply, parse_size,
-                     positive_int)
+from .common import Parser, UsageError, add_command, fail
 
-
-def cmd_sites(args) -> None:
-    from ..core.families import detect_family, get_family, site_table
-    from ..core.loading import load_pipeline
-
-    pipe = load_pipeline(args.model, family=args.family)
-    fam = detect_family(pipe)
-    table = site_table(pipe)
-    if args.json:
-        print(json.dumps({"family": fam, "denoiser": get_family(fam).denoiser,
-                          "groups": {g: [{"path": p, "shape": s} for p, s in rows]
-                                     for g, rows in table.items()}}, indent=1))
-        return
-    print(f"family: {fam} ({get_family(fam).description}); denoiser: {get_family(fam).denoiser}")
-    for g, rows in table.items():
-        print(f"\n[{g}] {len(rows)} layers")
-        for p, s in rows:
-            print(f"  {p}  {tuple(s) if s else ''}")
+ERROR_TYPES = ("UsageError", "ConfigError", "ArtifactError", "ModelLoadError", "SiteError", "PluginError",
+               "LaunchError", "FileNotFoundError", "ValueError", "SafetensorError")
 
 
-def size_multiple(pipe) -> int:
-    from ..core.families import detect_family
-
-    f = detect_family(pipe)
-    vsf = getattr(pipe, "vae_scale_factor", 8)
-    patch = getattr(getattr(pipe, "transformer", None), "config", None)
-    patch = getattr(patch, "patch_size", 1) or 1
-    return vsf * (2 if f == "flux" else patch)
-
-
-def write_images(out: str, images, manifest: dict) -> None:
-    """Write DIR/000.png... and manifest.json atomically (the directory appears complete)."""
-    from PIL import Image
-
-    from ..core.io import atomic_dir
-
-    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "manifest.json")):
-        raise UsageError(f"--out {out!r} exists and is not a concept-edit output; pick a new directory")
-    with atomic_dir(out) as tmp:
-        for i, img in enumerate(images):
-            Image.fromarray(img).save(os.path.join(tmp, f"{i:03d}.png"))
-        with open(os.path.join(tmp, "manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=1)
-
-
-def apply_all(pipe, applies: list[str], start: float | None, force: bool) -> list[dict]:
-    from ..core.artifacts import apply_artifact
-    from ..core.io import file_sha256
-
-    rows = []
-    for i, a in enumerate(applies or []):
-        path, scale = parse_apply(a)
-        h = apply_artifact(pipe, path, scale=scale, start=start, force=force, name=f"apply{i}")
-        rows.append({"file": os.path.abspath(path), "sha256": file_sha256(path), "scale": scale,
-                     "kind": h.meta["kind"], "method": h.meta.get("method"),
-                     "start": start if start is not None else h.meta.get("lora", {}).get("start")})
-    return rows
-
-
-def cmd_generate(args) -> None:
+def build_parser() -> Parser:
     from .. import __version__
-    from ..core.families import detect_family
-    from ..core.sampling import SampleSettings, generate
+    from . import esd, generate, slider, toyworld, uce
 
-    if args.slider_start is not None and not 0 <= args.slider_start <= 1:
-        raise UsageError(f"--slider-start must be a fraction in [0, 1], got {args.slider_start}")
-    pipe = load_model(args)
-    hw = parse_size(args.size, size_multiple(pipe))
-    applied = apply_all(pipe, args.apply, args.slider_start, args.force)
-    s = SampleSettings(prompt=args.prompt, negative_prompt=args.negative_prompt, n=args.n,
-                       seed=args.seed, steps=args.steps, guidance=args.guidance,
-                       height=hw[0] if hw else None, width=hw[1] if hw else None, batch=args.batch)
-    s = s.resolved(pipe)
-    t0 = time.time()
-    images = generate(pipe, s)
-    took = time.time() - t0
-    manifest = {"concept_edit": __version__, "model": str(pipe._concept_edit_source),
-                "family": detect_family(pipe), "prompt": s.prompt, "negative_prompt": s.negative_prompt,
-                "n": s.n, "seed": s.seed, "seeds": [s.seed + i for i in range(s.n)], "steps": s.steps,
-                "guidance": s.guidance, "height": s.height, "width": s.width, "dtype": args.dtype,
-                "device": args.device, "scheduler": type(pipe.scheduler).__name__,
-                "applied": applied, "seconds": round(took, 3)}
-    write_images(args.out, images, manifest)
-    print(f"wrote {len(images)} images to {args.out} ({took:.1f} s)")
-
-
-def cmd_make_tiny(args) -> None:
-    from ..core.tiny import make_tiny
-
-    make_tiny(args.family, args.out_dir)
-    print(f"wrote tiny {args.family} pipeline to {args.out_dir}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from ..core.registry import methods
-    from . import toyworld as toy_cli
-
-    p = Parser(prog="concept-edit", description="Edit concepts inside text-to-image "
-                                "diffusion models: erase (ESD, UCE), slide (Concept Sliders), audit.")
+    p = Parser(prog="concept-edit", description="Edit concepts inside text-to-image diffusion models: "
+               "erase (ESD, UCE), slide (Concept Sliders), audit. Every command runs offline on the "
+               "embedded toy world by default.",
+               epilog="examples:\n  concept-edit generate --prompt 'a red circle' --out out/red\n"
+                      "  concept-edit uce --config configs/uce/erase-circle.yaml --out out/uce.safetensors\n"
+                      "  concept-edit COMMAND --help")
+    p.add_argument("--version", action="version", version=f"concept-edit {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    p.add_argument("--verbose", action="store_true", help="show library loading progress and warnings")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: $CONCEPT_EDIT_THREADS, else torch's; on a busy "
+                        "machine 1 can be faster than 2)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser("sites", help="the family and every site group with module paths and shapes")
-    s.add_argument("model", nargs="?", default=None, help="model (default: the toy world)")
-    s.add_argument("--family", default=None)
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_sites)
-
-    g = sub.add_parser("generate", help="generate images (optionally with edits applied)")
-    add_model_args(g)
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--negative-prompt", default=None)
-    g.add_argument("--n", type=positive_int("--n"), default=4)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=positive_int("--steps"), default=None)
-    g.add_argument("--guidance", type=float, default=None)
-    g.add_argument("--size", default=None, help="HxW in pixels, e.g. 64x64")
-    g.add_argument("--apply", action="append", default=[], metavar="FILE[@SCALE]",
-                   help="apply an artifact (edit or slider) at SCALE; repeatable")
-    g.add_argument("--slider-start", type=float, default=None,
-                   help="fraction of the steps before sliders switch on (default: the file's)")
-    g.add_argument("--force", action="store_true", help="apply artifacts made for another base")
-    g.add_argument("--batch", type=positive_int("--batch"), default=16)
-    g.add_argument("--out", default="out/generate")
-    g.set_defaults(func=cmd_generate)
-
-    t = sub.add_parser("make-tiny", help="build a tiny random pipeline of a family (offline)")
+    generate.add_cli(sub)
+    s = add_command(sub, "sites", "the family and every site group with module paths and shapes",
+                    ["concept-edit sites", "concept-edit sites /models/tiny-sdxl --json"])
+    s.add_argument("model", nargs="?", default=None, help="model (default: the embedded toy world)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    _model_opts_without_model(s)
+    s.set_defaults(func=generate.cmd_sites)
+    t = add_command(sub, "make-tiny", "build a tiny random pipeline of a family (offline)",
+                    ["concept-edit make-tiny sdxl /tmp/tiny-sdxl"])
     t.add_argument("family", help="sd1, sd2, sdxl, sd3, flux or pixart")
-    t.add_argument("out_dir")
-    t.set_defaults(func=cmd_make_tiny)
-
-    toy_cli.add_cli(sub)
-    import concept_edit.methods  # noqa: F401  (methods register themselves)
-
-    for m in methods().values():
-        if m.add_cli:
-            m.add_cli(sub)
+    t.add_argument("out_dir", help="directory to write (save_pretrained layout)")
+    t.set_defaults(func=generate.cmd_make_tiny)
+    uce.add_cli(sub)
+    esd.add_cli(sub)
+    slider.add_cli(sub)
+    toyworld.add_cli(sub)
     return p
+
+
+def _model_opts_without_model(p) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weights dtype")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    g.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"], help="attention kernel")
+    g.add_argument("--family", default=None, help="family of a single-file checkpoint")
 
 
 def _join_negative_values(argv: list[str]) -> list[str]:
@@ -173,22 +81,34 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _threads(n: int | None) -> None:
+    n = n or (int(os.environ["CONCEPT_EDIT_THREADS"]) if os.environ.get("CONCEPT_EDIT_THREADS") else None)
+    if n:
+        if n < 1:
+            raise UsageError(f"--threads must be >= 1, got {n}")
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    from ..core.config import ConfigError
-    from ..core.io import ArtifactError
-    from ..core.loading import ModelLoadError
-    from ..core.paths import SiteError
-
     try:
+        check = getattr(args, "check", None)
+        args.cfg = check(args) if check else None
+        _threads(args.threads)
         args.func(args)
-    except (UsageError, ConfigError, ArtifactError, ModelLoadError, SiteError, FileNotFoundError,
-            ValueError) as e:
-        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except KeyboardInterrupt:
-        fail("interrupted", 130)
+        if args.debug:
+            raise
+        hint = " (rerun with --resume to continue from the last checkpoint)" if hasattr(args, "resume") else ""
+        fail(f"interrupted{hint}", 130)
+    except Exception as e:  # one line for the errors we know; everything with --debug
+        if args.debug or type(e).__name__ not in ERROR_TYPES and not isinstance(e, (ValueError, OSError)):
+            raise
+        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     return 0
 
 

@@ -1,14 +1,14 @@
 """``concept-edit toyworld ...``: train, score, evaluate, render."""
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
 
 import numpy as np
 
-from .common import UsageError, add_model_args, load_model, positive_int
+from .common import (UsageError, add_command, add_config_args, add_model_args, config_from_args, load_model,
+                     parse_apply, parse_floats, positive_int)
 
 
 def _load_images(d: str) -> tuple[list[str], np.ndarray]:
@@ -59,7 +59,7 @@ def cmd_evaluate(args) -> None:
     from ..core.io import atomic_write_text
     from ..toyworld.evaluate import evaluate
 
-    pipe = load_model(args)
+    pipe = load_model(args).pipe
     rep = evaluate(pipe, seeds=args.seeds, which=args.prompts, classifier=args.classifier,
                    batch=args.batch, max_prompts=args.max_prompts)
     text = json.dumps(rep if args.per_prompt else {k: v for k, v in rep.items() if k != "per_prompt"},
@@ -70,9 +70,9 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from ..toyworld.train import main as train_main
+    from ..toyworld.train import run
 
-    train_main(args.rest)
+    print(run(args.cfg))
 
 
 def cmd_render(args) -> None:
@@ -144,7 +144,7 @@ def _concept(text: str) -> dict:
 def cmd_erasure(args) -> None:
     from ..eval.toy import erasure_report, strip
 
-    pipe = load_model(args)
+    pipe = load_model(args).pipe
     rep = erasure_report(pipe, _concept(args.concept), edit=args.apply or None, seeds=args.seeds)
     print(json.dumps(strip(rep), indent=1))
 
@@ -152,70 +152,87 @@ def cmd_erasure(args) -> None:
 def cmd_slider_eval(args) -> None:
     from ..eval.toy import slider_report
 
-    pipe = load_model(args)
-    scales = [float(s) for s in args.scales.split(",")]
+    pipe = load_model(args).pipe
+    scales = parse_floats(args.scales, "--scales")
     print(json.dumps(slider_report(pipe, args.apply, scales=scales, seeds=args.seeds,
                                    metric=args.metric, start=args.slider_start), indent=1))
 
 
 def add_cli(sub) -> None:
-    p = sub.add_parser("toyworld", help="the embedded toy world: train, score, evaluate, render")
+    p = add_command(sub, "toyworld", "the embedded toy world: train, score, evaluate, render")
     ts = p.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
 
-    s = ts.add_parser("score", help="classify toy images; with --expect, the rates that match")
+    s = add_command(ts, "score", "classify toy images; with --expect, the rates that match", [
+        "concept-edit toyworld score out/red --expect colour=red --json"])
     s.add_argument("images", help="directory of images")
-    s.add_argument("--expect", action="append", default=[], metavar="ATTR=VALUE")
-    s.add_argument("--classifier", default=None, help="classifier dir (default weights/toy-classifier)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--expect", action="append", default=[], metavar="ATTR=VALUE",
+                   help="expected value, e.g. shape=circle; repeatable")
+    s.add_argument("--classifier", default=None, help="classifier dir (default: weights/toy-classifier)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_score)
 
-    e = ts.add_parser("evaluate", help="the model card's numbers as a JSON table")
+    e = add_command(ts, "evaluate", "the model card's numbers as a JSON table", [
+        "concept-edit toyworld evaluate --seeds 64 --max-prompts 64   # the card's table, ~25 min",
+        "concept-edit toyworld evaluate --seeds 8 --max-prompts 8     # a quick look, ~30 s"])
     add_model_args(e)
-    e.add_argument("--seeds", type=positive_int("--seeds"), default=64)
-    e.add_argument("--prompts", choices=["all", "full", "partial"], default="all")
-    e.add_argument("--classifier", default=None)
+    e.add_argument("--seeds", type=positive_int("--seeds"), default=64, help="seeds per prompt")
+    e.add_argument("--prompts", choices=["all", "full", "partial"], default="all", help="which prompts")
+    e.add_argument("--classifier", default=None, help="classifier dir (default: weights/toy-classifier)")
     e.add_argument("--max-prompts", type=positive_int("--max-prompts"), default=None,
                    help="a seeded subset of the grammar's prompts, stratified by named attributes "
-                        "(the full 240 x 64 seeds takes hours on 2 CPU cores)")
-    e.add_argument("--batch", type=positive_int("--batch"), default=64)
+                        "(the card uses 64; all 240 x 64 seeds takes hours on 2 CPU cores)")
+    e.add_argument("--batch", type=positive_int("--batch"), default=64, help="images per forward pass")
     e.add_argument("--per-prompt", action="store_true", help="print every prompt's row too")
     e.add_argument("--out", default=None, help="also write the full JSON (with per-prompt rows) here")
     e.set_defaults(func=cmd_evaluate)
 
-    t = ts.add_parser("train", help="train the toy world (see concept-edit toyworld train -- --help)",
-                      add_help=False)
-    t.add_argument("rest", nargs=argparse.REMAINDER)
-    t.set_defaults(func=cmd_train)
+    from ..toyworld.config import ToyTrainConfig
 
-    r = ts.add_parser("render", help="render toy images with pinned attributes")
-    r.add_argument("out")
-    r.add_argument("--n", type=positive_int("--n"), default=16)
-    r.add_argument("--seed", type=int, default=0)
+    t = add_command(ts, "train", "train the toy world from scratch (resumable; hours on 2 CPU cores)", [
+        "concept-edit toyworld train --work .cache/toyworld --out weights/toy-world   # rerun to resume",
+        "concept-edit toyworld train --unet-steps 200 --out out/toy-small --classifier-out out/clf"])
+    add_config_args(t, ToyTrainConfig)
+    t.set_defaults(func=cmd_train, check=lambda a: config_from_args(a, ToyTrainConfig))
+
+    r = add_command(ts, "render", "render toy images with pinned attributes", [
+        "concept-edit toyworld render out/circles --n 16 --fix shape=circle --fix size=large"])
+    r.add_argument("out", help="output directory (PNGs + labels.json)")
+    r.add_argument("--n", type=positive_int("--n"), default=16, help="number of renders")
+    r.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     r.add_argument("--fix", action="append", default=[], metavar="ATTR=VALUE",
                    help="pin an attribute, e.g. --fix size=large --fix shape=circle")
     r.set_defaults(func=cmd_render)
 
-    er = ts.add_parser("erasure", help="erasure table (base vs edited) for one concept")
+    er = add_command(ts, "erasure", "erasure table (base vs edited) for one concept", [
+        "concept-edit toyworld erasure --concept shape=circle --apply out/uce.safetensors   # ~3 min"])
     add_model_args(er)
     er.add_argument("--concept", required=True, help="AXIS=VALUE, e.g. shape=circle, colour=red")
     er.add_argument("--apply", action="append", default=[], help="edit file(s); none = base only")
-    er.add_argument("--seeds", type=positive_int("--seeds"), default=64)
-    er.set_defaults(func=cmd_erasure)
+    er.add_argument("--seeds", type=positive_int("--seeds"), default=64, help="seeds per prompt")
+    er.set_defaults(func=cmd_erasure, check=_check_erasure)
 
-    sl = ts.add_parser("slider", help="slider sweep: mean radius per scale, Spearman, preservation")
+    sl = add_command(ts, "slider", "slider sweep: mean radius per scale, Spearman, preservation", [
+        "concept-edit toyworld slider --apply out/size.safetensors --seeds 16"])
     add_model_args(sl)
-    sl.add_argument("--apply", required=True)
-    sl.add_argument("--scales", default="-2,-1,0,1,2")
+    sl.add_argument("--apply", required=True, help="the slider file")
+    sl.add_argument("--scales", default="-2,-1,0,1,2", help="scales to sweep")
     sl.add_argument("--metric", default="radius", help="radius, or a background value (striped)")
-    sl.add_argument("--slider-start", type=float, default=None)
-    sl.add_argument("--seeds", type=positive_int("--seeds"), default=64)
-    sl.set_defaults(func=cmd_slider_eval)
+    sl.add_argument("--slider-start", type=float, default=None, help="start fraction (default: the file's)")
+    sl.add_argument("--seeds", type=positive_int("--seeds"), default=64, help="seeds per prompt")
+    sl.set_defaults(func=cmd_slider_eval, check=lambda a: (parse_apply(a.apply), parse_floats(a.scales, "--scales")))
 
-    rp = ts.add_parser("render-pairs", help="small/large pairs of the same scenes (image slider data)")
-    rp.add_argument("out")
-    rp.add_argument("--n", type=positive_int("--n"), default=64)
-    rp.add_argument("--seed", type=int, default=0)
+    rp = add_command(ts, "render-pairs", "small/large pairs of the same scenes (image slider data)", [
+        "concept-edit toyworld render-pairs out/pairs --n 64"])
+    rp.add_argument("out", help="output directory (low/, high/)")
+    rp.add_argument("--n", type=positive_int("--n"), default=64, help="number of pairs")
+    rp.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     rp.add_argument("--single-caption", action="store_true",
                     help="write only the full caption (default: also the captions without "
                          "colour / background, one per line)")
     rp.set_defaults(func=cmd_render_pairs)
+
+
+def _check_erasure(args):
+    _concept(args.concept)
+    for a in args.apply:
+        parse_apply(a)

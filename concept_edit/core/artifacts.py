@@ -41,7 +41,9 @@ def base_info(pipe, keys_by_component: dict[str, list[str]],
         for k in keys:
             full = f"{comp}.{k}"
             tensors[full] = originals[full] if originals and full in originals else snapshot(module, [k])[k]
-    return {"model": str(getattr(pipe, "_concept_edit_source", "unknown")),
+    from .model import model_of
+
+    return {"model": model_of(pipe).source,
             "family": detect_family(pipe), "fingerprint": fingerprint(tensors)}
 
 

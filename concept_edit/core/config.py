@@ -38,7 +38,9 @@ def nearest(name: str, choices, n: int = 1) -> list[str]:
 
 def _coerce(cls_name: str, key: str, tp, value):
     origin = typing.get_origin(tp)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{cls_name}.{key} must be {tp.__name__}, got {value!r}")
+    if tp is float and isinstance(value, (int, float)):
         return float(value)
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
@@ -47,9 +49,16 @@ def _coerce(cls_name: str, key: str, tp, value):
             return value
         raise ConfigError(f"{cls_name}.{key} must be {tp.__name__}, got {value!r}")
     if origin in (list, tuple) and isinstance(value, str):
-        return [v.strip() for v in value.split(";") if v.strip()] if value else []
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
+        value = [v.strip() for v in value.split(";") if v.strip()] if value else []
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{cls_name}.{key} must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        if args and args[0] in (int, float, str, bool):
+            value = [_coerce(cls_name, f"{key}[{i}]", args[0], v) for i, v in enumerate(value)]
+        return tuple(value) if origin is tuple else list(value)
+    if tp is dict and not isinstance(value, dict):
+        raise ConfigError(f"{cls_name}.{key} must be a mapping, got {value!r}")
     return value
 
 
@@ -83,6 +92,8 @@ class StrictConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None, **overrides):
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"{cls.__name__}: expected a mapping of keys to values, got {type(d).__name__}")
         d = dict(d or {})
         d.update({k: v for k, v in overrides.items() if v is not None})
         valid = cls.keys()
@@ -90,20 +101,40 @@ class StrictConfig:
             if k not in valid:
                 raise ConfigError(f"unknown key {k!r} in {cls.__name__}; did you mean "
                                   f"{nearest(k, valid)[0]!r}? (valid: {', '.join(valid)})")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except ConfigError:
+            raise
+        except (TypeError, AttributeError, KeyError, ValueError) as e:  # a nested value of the wrong shape
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"{cls.__name__}: invalid settings ({msg}); see configs/ for examples") from None
 
     @classmethod
-    def from_yaml(cls, path: str, **overrides):
+    def yaml_dict(cls, path: str) -> dict:
+        """The mapping in a YAML file (a one-line ConfigError if missing or malformed)."""
         import yaml
 
         try:
             with open(path) as f:
-                d = yaml.safe_load(f) or {}
+                d = yaml.safe_load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file {path!r} not found; see configs/ for examples") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config {path!r} is a directory; pass a YAML file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file; pass a YAML config") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}; see configs/ for examples") from None
+        d = {} if d is None else d
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
-        return cls.from_dict(d, **overrides)
+        return d
+
+    @classmethod
+    def from_yaml(cls, path: str, **overrides):
+        return cls.from_dict(cls.yaml_dict(path), **overrides)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

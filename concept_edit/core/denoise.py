@@ -21,7 +21,7 @@ import inspect
 
 import torch
 
-from .families import Family, detect_family, get_family
+from .backbones import Backbone, backbone_of
 from .hooks import hooks
 
 _DROP = {"return_dict", "cross_attention_kwargs", "joint_attention_kwargs", "attention_kwargs"}
@@ -85,7 +85,7 @@ class Bank:
 class Denoiser:
     def __init__(self, pipe):
         self.pipe = pipe
-        self.family: Family = get_family(detect_family(pipe))
+        self.family: Backbone = backbone_of(pipe)
         self.module = getattr(pipe, self.family.denoiser)
         self._params = list(inspect.signature(self.module.forward).parameters)
 
@@ -101,33 +101,7 @@ class Denoiser:
         ``empty_is_uncond``: encode '' the way the pipeline encodes the CFG unconditional branch
         (SDXL with ``force_zeros_for_empty_prompt`` uses zeros there, not the text of '').
         """
-        p, f, dev = self.pipe, self.family.name, self.device
-        prompts = list(prompts)
-        if f in ("sd1", "sd2"):
-            pe, _ = p.encode_prompt(prompts, dev, 1, False)
-            out = {"encoder_hidden_states": pe}
-        elif f == "sdxl":
-            pe, _, pooled, _ = p.encode_prompt(prompts, device=dev, num_images_per_prompt=1,
-                                               do_classifier_free_guidance=False)
-            if empty_is_uncond and getattr(p.config, "force_zeros_for_empty_prompt", False):
-                empty = torch.tensor([s == "" for s in prompts], device=pe.device)
-                pe = torch.where(empty[:, None, None], torch.zeros_like(pe), pe)
-                pooled = torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
-            out = {"encoder_hidden_states": pe, "added_cond_kwargs": {"text_embeds": pooled}}
-        elif f == "sd3":
-            pe, _, pooled, _ = p.encode_prompt(prompts, prompts, prompts, device=dev,
-                                               do_classifier_free_guidance=False)
-            out = {"encoder_hidden_states": pe, "pooled_projections": pooled}
-        elif f == "flux":
-            pe, pooled, _ = p.encode_prompt(prompts, prompts, device=dev)
-            out = {"encoder_hidden_states": pe, "pooled_projections": pooled}
-        elif f == "pixart":
-            pe, mask, _, _ = p.encode_prompt(prompts, do_classifier_free_guidance=False, device=dev,
-                                             clean_caption=False)
-            out = {"encoder_hidden_states": pe, "encoder_attention_mask": mask}
-        else:  # pragma: no cover - families are closed
-            raise ValueError(f)
-        return out
+        return self.family.encode(self.pipe, prompts, empty_is_uncond=empty_is_uncond, device=self.device)
 
     # -- trajectories ----------------------------------------------------------------------
     def pipe_kwargs(self, steps: int, guidance: float, height: int | None, width: int | None) -> dict:
@@ -222,7 +196,7 @@ class Denoiser:
                     raise ValueError(f"text batch {v.shape[0]} does not divide state batch {n}")
                 v = v.repeat_interleave(n // v.shape[0], dim=0)
             _set(kw, key, v)
-        if self.family.name in ("sd1", "sd2", "sdxl"):
+        if self.family.positional_call:
             x, t = kw.pop("sample"), kw.pop("timestep")
             out = self.module(x, t, return_dict=False, **kw)[0]
         else:
@@ -291,7 +265,7 @@ def noisy_state(dn: Denoiser, template: dict, x0: torch.Tensor, noise: torch.Ten
 
     DDPM-family schedulers: x_t = sqrt(a) x0 + sqrt(1-a) n (this is also the scaled input that
     Euler-type samplers feed the UNet); target n (epsilon) or the velocity (v-prediction).
-    Flow matching: x_t = (1 - s) x0 + s n, target n - x0. FLUX latents are packed here.
+    Flow matching: x_t = (1 - s) x0 + s n, target n - x0. Packed latents (FLUX) are packed here.
     """
     sched = dn.pipe.scheduler
     b = x0.shape[0]
@@ -307,10 +281,7 @@ def noisy_state(dn: Denoiser, template: dict, x0: torch.Tensor, noise: torch.Ten
         xt = (1 - s[:, None, None, None]) * x0 + s[:, None, None, None] * noise
         target = noise - x0
         tval = (s * 1000.0 / dn.family.timestep_scale).to(dn.device)
-    if dn.family.name == "flux":
-        B, C, H, W = xt.shape
-        xt = dn.pipe._pack_latents(xt, B, C, H, W)
-        target = dn.pipe._pack_latents(target, B, C, H, W)
+    xt, target = dn.family.pack(dn.pipe, xt), dn.family.pack(dn.pipe, target)
     state = {k: v for k, v in template.items()}
     extras = {k: (v.expand(b, *v.shape[1:]) if isinstance(v, torch.Tensor) else
                   {kk: vv.expand(b, *vv.shape[1:]) for kk, vv in v.items()} if isinstance(v, dict) else v)

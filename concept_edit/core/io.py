@@ -127,7 +127,14 @@ def read_artifact_meta(path: str) -> dict:
     if META_KEY not in meta:
         raise ArtifactError(f"{path} has no concept_edit metadata: it was not written by concept_edit "
                             "(load foreign LoRAs with diffusers' load_lora_weights instead)")
-    return json.loads(meta[META_KEY])
+    try:
+        out = json.loads(meta[META_KEY])
+    except ValueError:
+        out = None
+    if not isinstance(out, dict):
+        raise ArtifactError(f"{path}: its concept_edit metadata is not a JSON object (damaged or hand-edited "
+                            "header); re-create the file with concept-edit")
+    return out
 
 
 def fingerprint(tensors: dict[str, torch.Tensor]) -> str:

@@ -7,25 +7,27 @@ Example::
     >>> pipe = load_pipeline("stabilityai/stable-diffusion-xl-base-1.0", dtype="fp16", device="cuda")
     >>> pipe = load_pipeline("/models/tiny-sd3")             # a local diffusers directory
 
+``concept_edit.core.model.load`` gives the Model handle (backbone, defaults, source) instead.
 Weights load from safetensors only (pickled ``.bin/.ckpt/.pt`` are refused). Offline, a model
-that is neither local nor cached is a one-line error naming what to pass instead.
+that is neither local nor cached is a one-line error naming what to pass instead. Loading is
+quiet (no progress bars or library warnings) unless ``quiet=False``.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import warnings
 
 import torch
 
-from .families import detect_family, get_family
+from .backbones import backbone_of, single_file_class, single_file_family
+from .embedded import default_model, source_id
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_MODEL = os.environ.get("CONCEPT_EDIT_MODEL") or os.path.join(_REPO, "weights", "toy-world")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-DEFAULTS_FILE = "concept_edit.json"  # sampler defaults shipped beside a model (size, steps, guidance)
 PICKLE_EXT = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+DEFAULT_MODEL = default_model()
 
 
 class ModelLoadError(RuntimeError):
@@ -40,6 +42,41 @@ def _dtype(dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def _dtype_kw(dt) -> dict:
+    """diffusers >= 0.42 takes ``dtype`` (``torch_dtype`` warns); older ones only ``torch_dtype``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+
+        return {"dtype": dt}
+    except ImportError:
+        return {"torch_dtype": dt}
+
+
+@contextlib.contextmanager
+def _quiet(on: bool):
+    """Library progress bars and warnings off while loading."""
+    if not on:
+        yield
+        return
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    dv, tv = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        dlog.set_verbosity(dv)
+        tlog.set_verbosity(tv)
+        dlog.enable_progress_bar()
+        tlog.enable_progress_bar()
+
+
 def _check_dir(path: str) -> None:
     if not os.path.exists(os.path.join(path, "model_index.json")):
         raise ModelLoadError(f"{path} is not a diffusers pipeline directory (no model_index.json); "
@@ -52,62 +89,63 @@ def _check_dir(path: str) -> None:
                              "concept_edit never unpickles: convert them to safetensors first")
 
 
-def _single_file(path: str, dtype, family: str | None):
+def _single_file(path: str, dt, family: str | None):
     import diffusers
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(path, framework="pt") as f:
-        keys = list(f.keys())
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(f"{path}: not a readable safetensors checkpoint "
+                             f"({str(e).splitlines()[0]}); pass a diffusers directory or a .safetensors file") from None
+    family = family or single_file_family(keys)
     if family is None:
-        if any(k.startswith("conditioner.embedders.1") for k in keys):
-            family = "sdxl"
-        elif any("joint_blocks" in k for k in keys):
-            family = "sd3"
-        elif any(k.startswith("model.diffusion_model.") for k in keys):
-            family = "sd1"
-        else:
-            raise ModelLoadError(f"cannot tell the family of {path}; pass --family (one of sd1, sd2, "
-                                 "sdxl, sd3) or a diffusers directory")
-    cls = {"sd1": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline",
-           "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline"}.get(family)
+        raise ModelLoadError(f"cannot tell the family of {path}; pass --family (one of sd1, sd2, "
+                             "sdxl, sd3) or a diffusers directory")
+    cls = single_file_class(family)
     if cls is None:
         raise ModelLoadError(f"single-file loading is not supported for {family}; pass a diffusers directory")
     try:
-        return getattr(diffusers, cls).from_single_file(path, torch_dtype=dtype)
+        return getattr(diffusers, cls).from_single_file(path, **_dtype_kw(dt))
     except Exception as e:  # diffusers needs the original config (hub or cache)
         raise ModelLoadError(f"could not load {path} as {cls} ({type(e).__name__}: {str(e).splitlines()[0]}); "
                              "offline, convert it to a diffusers directory where the hub is reachable") from e
 
 
-def load_pipeline(model: str | None = None, dtype="fp32", device: str = "cpu",
-                  attention: str = "sdpa", family: str | None = None, progress: bool = False):
-    """Load and prepare a pipeline (eval mode, frozen, progress bars off by default)."""
+def load_pipeline_raw(model: str | None = None, dtype="fp32", device: str = "cpu",
+                      attention: str = "sdpa", family: str | None = None, progress: bool = False,
+                      quiet: bool = True):
+    """(pipeline, source id): loaded, eval mode, frozen, progress bars off by default."""
     from diffusers import DiffusionPipeline
 
-    model = model or DEFAULT_MODEL
+    model = model or default_model()
     dt = _dtype(dtype)
+    if attention not in ("sdpa", "xformers"):
+        raise ModelLoadError(f"unknown attention {attention!r}; choose sdpa or xformers")
     if model.endswith(PICKLE_EXT):
         raise ModelLoadError(f"{model} is a pickled checkpoint; concept_edit never unpickles: "
                              "convert it to .safetensors or a diffusers directory")
-    if os.path.isfile(model):
-        if not model.endswith(".safetensors"):
-            raise ModelLoadError(f"{model}: expected a .safetensors checkpoint or a diffusers directory")
-        pipe = _single_file(model, dt, family)
-    elif os.path.isdir(model):
-        _check_dir(model)
-        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dt, use_safetensors=True)
-    else:
-        looks_local = model.startswith((".", "/", "~")) or os.sep in model and model.count("/") != 1
-        if looks_local:
-            raise ModelLoadError(f"model directory {model!r} does not exist; pass an existing diffusers "
-                                 "directory (`concept-edit make-tiny sd1 DIR` builds one) or a hub id")
-        try:
-            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dt, use_safetensors=True)
-        except Exception as e:
-            raise ModelLoadError(
-                f"could not load {model!r} from the hub or its cache ({type(e).__name__}); offline, "
-                f"pass a local diffusers directory, e.g. the embedded default {DEFAULT_MODEL}") from e
-    fam = detect_family(pipe)
+    with _quiet(quiet):
+        if os.path.isfile(model):
+            if not model.endswith(".safetensors"):
+                raise ModelLoadError(f"{model}: expected a .safetensors checkpoint or a diffusers directory")
+            pipe = _single_file(model, dt, family)
+        elif os.path.isdir(model):
+            _check_dir(model)
+            pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, **_dtype_kw(dt))
+        else:
+            looks_local = model.startswith((".", "/", "~")) or os.sep in model and model.count("/") != 1
+            if looks_local:
+                raise ModelLoadError(f"model directory {model!r} does not exist; pass an existing diffusers "
+                                     "directory (`concept-edit make-tiny sd1 DIR` builds one) or a hub id")
+            try:
+                pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, **_dtype_kw(dt))
+            except Exception as e:
+                raise ModelLoadError(
+                    f"could not load {model!r} from the hub or its cache ({type(e).__name__}); offline, "
+                    f"pass a local diffusers directory, e.g. the embedded default {default_model()}") from e
+    backbone_of(pipe)  # unsupported pipelines fail here, once
     pipe.to(device)
     for comp in pipe.components.values():
         if isinstance(comp, torch.nn.Module):
@@ -119,15 +157,15 @@ def load_pipeline(model: str | None = None, dtype="fp32", device: str = "cpu",
             pipe.enable_xformers_memory_efficient_attention()
         except Exception as e:
             warnings.warn(f"xformers attention unavailable ({e}); using PyTorch SDPA", stacklevel=2)
-    elif attention != "sdpa":
-        raise ModelLoadError(f"unknown attention {attention!r}; choose sdpa or xformers")
     pipe.set_progress_bar_config(disable=not progress)
-    pipe._concept_edit_source = model
-    defaults = os.path.join(model, DEFAULTS_FILE) if os.path.isdir(model) else None
-    if defaults and os.path.exists(defaults):
-        import json
+    return pipe, source_id(model)
 
-        with open(defaults) as f:
-            pipe._concept_edit_defaults = json.load(f)
-    pipe._concept_edit_family = get_family(fam).name
-    return pipe
+
+def load_pipeline(model: str | None = None, dtype="fp32", device: str = "cpu",
+                  attention: str = "sdpa", family: str | None = None, progress: bool = False,
+                  quiet: bool = True):
+    """The plain diffusers pipeline; its Model handle is ``model_of(pipe)``."""
+    from .model import load
+
+    return load(model, dtype=dtype, device=device, attention=attention, family=family,
+                progress=progress, quiet=quiet).pipe

@@ -39,11 +39,11 @@ class SampleSettings:
 
 
 def pipe_defaults(pipe) -> dict:
-    """Sampler defaults: the model directory's concept_edit.json, else the family's."""
-    fam = get_family(detect_family(pipe))
-    d = {"size": fam.size, "steps": fam.steps, "guidance": fam.guidance}
-    d.update(getattr(pipe, "_concept_edit_defaults", None) or {})
-    return d
+    """Sampler defaults: concept_edit.json beside the model, else the model's own config
+    (denoiser sample size x VAE scale factor), else the family table."""
+    from .model import model_of
+
+    return dict(model_of(pipe).defaults)
 
 
 @torch.no_grad()

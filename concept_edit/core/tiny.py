@@ -155,8 +155,9 @@ def make_tiny(family: str, out_dir: str | None = None):
         if isinstance(comp, torch.nn.Module):
             comp.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
-    pipe._concept_edit_defaults = TINY_DEFAULTS[family]
-    pipe._concept_edit_source = out_dir or f"tiny-{family}"
+    from .model import model_of
+
+    model_of(pipe, source=f"tiny-{family}", shipped=TINY_DEFAULTS[family])
     if out_dir is not None:
         from .io import atomic_dir
 

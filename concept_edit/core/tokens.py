@@ -1,4 +1,4 @@
-"""Where a prompt's tokens sit in the text sequence the denoiser reads (per family, as data).
+"""Where a prompt's tokens sit in the text sequence the denoiser reads (segments: backbone data).
 
 Example::
 
@@ -15,15 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .families import detect_family
-
-# family -> [(tokenizer attribute, offset of its segment in the sequence), ...]
-SEGMENTS = {
-    "sd1": [("tokenizer", 0)], "sd2": [("tokenizer", 0)], "sdxl": [("tokenizer", 0)],
-    "sd3": [("tokenizer", 0), ("tokenizer_3", 77)], "flux": [("tokenizer_2", 0)],
-    "pixart": [("tokenizer", 0)],
-}
-
+from .backbones import backbone_of
 
 @dataclasses.dataclass
 class Positions:
@@ -37,9 +29,8 @@ class Positions:
 
 
 def token_positions(pipe, prompt: str, seq_len: int) -> Positions:
-    fam = detect_family(pipe)
     segs = []
-    for attr, offset in SEGMENTS[fam]:
+    for attr, offset in backbone_of(pipe).segments:
         tok = getattr(pipe, attr, None)
         if tok is None or offset >= seq_len:
             continue
@@ -66,8 +57,7 @@ def diff_spans(pipe, prompt: str, other: str, seq_len: int) -> list[tuple[int, i
     "a circle", "a {} on a striped background" with a word or '') are located exactly, in
     the middle of a prompt and with several tokens ("van gogh").
     """
-    fam = detect_family(pipe)
-    attrs = [(getattr(pipe, a, None), o) for a, o in SEGMENTS[fam]]
+    attrs = [(getattr(pipe, a, None), o) for a, o in backbone_of(pipe).segments]
     attrs = [(t, o) for t, o in attrs if t is not None and o < seq_len]
     out = []
     for i, (tok, offset) in enumerate(attrs):

@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from .families import detect_family
+from .backbones import backbone_of
 
 
 @dataclasses.dataclass
@@ -78,13 +78,8 @@ def capture_x0(pipe, height: int | None = None, width: int | None = None):
 def decode_latents(pipe, latents: torch.Tensor, height: int | None = None,
                    width: int | None = None) -> np.ndarray:
     """Latents as the pipeline holds them -> (N, H, W, 3) uint8 images."""
-    fam = detect_family(pipe)
     vae = pipe.vae
-    z = latents
-    if fam == "flux":
-        h = height or 2 * int((z.shape[1]) ** 0.5) * pipe.vae_scale_factor
-        w = width or h
-        z = pipe._unpack_latents(z, h, w, pipe.vae_scale_factor)
+    z = backbone_of(pipe).unpack(pipe, latents, height, width)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     z = z.to(vae.dtype) / vae.config.scaling_factor + shift
     img = vae.decode(z, return_dict=False)[0]

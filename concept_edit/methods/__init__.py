@@ -1,7 +1,20 @@
-"""Method plug-ins. Importing this package registers every method (each registers itself once).
+"""Method plug-ins, by name, imported only when used (no import side effects).
 
-Methods import ``concept_edit.core`` only, never each other.
+Example::
+
+    >>> from concept_edit.methods import METHODS
+    >>> METHODS.names()
+    ['esd', 'slider', 'uce']
+    >>> m = METHODS.get("uce")              # imports concept_edit.methods.uce (light) only now
+    >>> cfg = m.config(edit=["circle"])
+    >>> art = m.run(model, cfg)             # -> Artifact
+
+Methods import ``concept_edit.core`` (and ``concept_edit.scorers``) only, never each other.
 """
-from . import uce  # noqa: F401,E402
-from . import esd  # noqa: F401,E402
-from . import slider  # noqa: F401,E402
+from ..core.plugins import Registry
+
+METHODS = Registry("method", {
+    "uce": "concept_edit.methods.uce:METHOD",
+    "esd": "concept_edit.methods.esd:METHOD",
+    "slider": "concept_edit.methods.slider:METHOD",
+})

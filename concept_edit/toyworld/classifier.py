@@ -98,24 +98,3 @@ def match_rates(preds: list[dict], expect: dict[str, str]) -> dict[str, float]:
             raise ValueError(f"unknown {k} {v!r}; choose one of {', '.join(VOCAB[k])}")
     n = max(len(preds), 1)
     return {k: sum(p[k] == v for p in preds) / n for k, v in expect.items()}
-
-
-def toy_scorer(spec: str, attributes: list[str]):
-    """Scorer plug-in: labels each image with its predicted value on the attributes' axis."""
-    axes = [k for k, vocab in VOCAB.items() if all(a in vocab for a in attributes)]
-    if not axes:
-        raise ValueError(f"the toy classifier knows no axis holding all of {attributes}; "
-                         f"choose values of one of: {', '.join(f'{k}={list(v)}' for k, v in VOCAB.items())}")
-    axis = axes[0]
-    path = spec.split(":", 1)[1] if ":" in spec else None
-    model = load_classifier(path)
-    return lambda images: [p[axis] for p in predict(model, images)]
-
-
-def _register():
-    from ..core.registry import register_scorer
-
-    register_scorer("toy", toy_scorer)
-
-
-_register()

@@ -9,7 +9,6 @@ from a generator seeded by (seed, stage, step), so a resumed run sees the same b
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -20,42 +19,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core.config import StrictConfig, field
 from ..core.io import atomic_dir, atomic_path, atomic_save_file, load_safetensors
 from .captions import sample_caption
+from .config import ToyTrainConfig
 from .classifier import save_classifier, to_tensor
 from .dataset import NONE, Dataset, build
 from .models import ToyClassifier, make_scheduler, make_text_encoder, make_unet, make_vae
-
-
-@dataclasses.dataclass
-class ToyTrainConfig(StrictConfig):
-    work: str = field(".cache/toyworld", "scratch dir for data and checkpoints (ignored by git)")
-    out: str = field("weights/toy-world", "where the diffusers pipeline is saved")
-    classifier_out: str = field("weights/toy-classifier", "where the classifier is saved")
-    seed: int = field(0, "seed of data, init and batches")
-    n_images: int = field(100_000, "training renders")
-    vae_steps: int = field(2500, "VAE optimisation steps")
-    vae_batch: int = field(48, "VAE batch")
-    vae_crop: int = field(32, "VAE training crop size (px, multiple of 4)")
-    vae_lr: float = field(1e-3, "VAE learning rate")
-    clf_steps: int = field(2000, "classifier steps")
-    clf_batch: int = field(64, "classifier batch")
-    clf_images: int = field(30_000, "classifier training renders (half seen through the VAE)")
-    unet_steps: int = field(6000, "text encoder + UNet steps")
-    unet_batch: int = field(64, "UNet batch")
-    unet_lr: float = field(1e-3, "UNet/text-encoder learning rate")
-    unet_width: int = field(32, "UNet base channel width")
-    ema: float = field(0.999, "EMA decay of the exported UNet/text encoder")
-    min_snr: float = field(5.0, "min-SNR-gamma loss weighting")
-    ckpt_every: int = field(250, "checkpoint period (steps)")
-    eval_every: int = field(1000, "quick classifier check of samples during UNet training")
-    threads: int = field(2, "torch CPU threads")
-
-    def check(self):
-        for k in ("n_images", "vae_steps", "clf_steps", "unet_steps", "unet_batch", "ckpt_every"):
-            if getattr(self, k) <= 0:
-                raise ValueError(f"{k} must be positive")
 
 
 def _gen(cfg, stage: int, step: int) -> torch.Generator:
@@ -375,18 +344,3 @@ def run(cfg: ToyTrainConfig) -> str:
     with open(os.path.join(cfg.work, "train-time.json"), "a") as f:
         f.write(json.dumps({"session_seconds": round(time.time() - t0, 1)}) + "\n")
     return cfg.out
-
-
-def main(argv=None) -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="concept-edit toyworld train", description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(ToyTrainConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
-                       help=f.metadata["help"] + f" (default {f.default})")
-    a = vars(p.parse_args(argv))
-    print(run(ToyTrainConfig.from_dict({k: v for k, v in a.items() if v is not None})))
-
-
-if __name__ == "__main__":
-    main()

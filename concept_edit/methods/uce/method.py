@@ -30,13 +30,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ...core.artifacts import save_weights_artifact
+from ...core.backbones import backbone_of
 from ...core.denoise import Denoiser
 from ...core.families import resolve_sites
-from ...core.registry import get_scorer
 from ...core.sampling import SampleSettings, generate, pipe_defaults
 from ...core.tokens import diff_spans, token_positions
 from ...core.trace import StopForward, TraceDict
 from ...core.weights import edited, snapshot
+from ...scorers import get_scorer
 from .config import UceConfig
 from .solve import UceSystem
 
@@ -63,22 +64,21 @@ class UceResult:
 class InputCapture:
     """Inputs of the edited layers for batches of prompts (the hook layer does the reading)."""
 
-    def __init__(self, pipe, paths: list[str], static: bool, context_steps: int, seed: int):
+    def __init__(self, pipe, paths: list[str], static: bool, timesteps: list[int], seed: int,
+                 context_steps: int = 25):
+        """``static``: the edited layers read text only (one capture suffices). Otherwise the
+        inputs are captured along a ``context_steps`` trajectory of '' and the states nearest to
+        each of ``timesteps`` (on the 0..1000 scale) are kept."""
         self.dn = Denoiser(pipe)
         self.paths = paths
         self.static = static
         d = pipe_defaults(pipe)
-        size = self._small_size(pipe) if static else d["size"]
-        bank = self.dn.capture([""], steps=1 if static else context_steps, guidance=1.0, seed=seed,
-                               height=size, width=size)
-        self.states = [bank.take([0], [s]) for s in range(bank.n_steps)]
-
-    @staticmethod
-    def _small_size(pipe) -> int:
-        vsf = getattr(pipe, "vae_scale_factor", 8)
-        unet = getattr(pipe, "unet", None)
-        down = 2 ** (len(unet.config.block_out_channels) - 1) if unet is not None else 2
-        return max(vsf * down * 2, 32)
+        size = self.dn.family.small_size(pipe) if static else d["size"]
+        bank = self.dn.capture([""], steps=1 if static else max(context_steps, len(timesteps)),
+                               guidance=1.0, seed=seed, height=size, width=size)
+        steps = [0] if static else _nearest_steps(bank.timesteps * self.dn.family.timestep_scale, timesteps)
+        self.states = [bank.take([0], [s]) for s in steps]
+        self.timesteps = [float(bank.timesteps[s]) * self.dn.family.timestep_scale for s in steps]
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], batch: int = 64) -> dict[str, torch.Tensor]:
@@ -231,9 +231,17 @@ def solve(cfg: UceConfig, pipe, cap: InputCapture, systems: dict, original: dict
 
 
 def _static(pipe, group: str) -> bool:
-    from ...core.families import detect_family
+    return group == "text_in" or not backbone_of(pipe).text_reads_timestep
 
-    return group == "text_in" or detect_family(pipe) not in ("sd3", "flux")
+
+def _nearest_steps(grid: torch.Tensor, timesteps: list[int]) -> list[int]:
+    """Distinct trajectory steps whose timesteps are nearest to ``timesteps``, in order."""
+    out = []
+    for t in timesteps:
+        i = int((grid.float() - float(t)).abs().argmin())
+        if i not in out:
+            out.append(i)
+    return sorted(out)
 
 
 def uce_edit(pipe, cfg: UceConfig, progress: bool = True) -> UceResult:
@@ -241,7 +249,7 @@ def uce_edit(pipe, cfg: UceConfig, progress: bool = True) -> UceResult:
     paths = resolve_sites(pipe, cfg.sites)
     if not paths:
         raise ValueError(f"site group {cfg.sites!r} is empty for this {dn.family.name} model; use text_kv")
-    cap = InputCapture(pipe, paths, _static(pipe, cfg.sites), context_steps=5, seed=cfg.seed)
+    cap = InputCapture(pipe, paths, _static(pipe, cfg.sites), timesteps=cfg.timesteps, seed=cfg.seed)
     original = snapshot(dn.module, [f"{p}.weight" for p in paths])
     comp = dn.family.denoiser
     if cfg.mode != "debias":
@@ -280,3 +288,8 @@ def _debias(pipe, cfg: UceConfig, cap: InputCapture, original, progress: bool) -
                 alphas[c][a] += cfg.step * (want[a] - obs_all[c][a])
     final = best[1] if best else solve(cfg, pipe, cap, build_rows(cfg, cap, pipe, alphas), original)
     return UceResult(pipe, cfg, {f"{comp}.{k}": v for k, v in final.items()}, history)
+
+
+def run(model, cfg: UceConfig, progress=True) -> UceResult:
+    """The registry's entry point: ``run(model_or_pipe, cfg) -> UceResult`` (``.save(path)``)."""
+    return uce_edit(getattr(model, "pipe", model), cfg, progress=bool(progress))

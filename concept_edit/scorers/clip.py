@@ -1,4 +1,4 @@
-"""open_clip zero-shot attribute scorer for real models (weights passed by the user).
+"""``clip:ARCH@WEIGHTS``: open_clip zero-shot attribute scorer for real models (weights passed by the user).
 
 Example::
 
@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from ..core.registry import register_scorer
-
 
 def clip_scorer(spec: str, attributes: list[str], template: str = "a photo of a {}"):
     import open_clip
@@ -42,5 +39,3 @@ def clip_scorer(spec: str, attributes: list[str], template: str = "a photo of a 
 
     return score
 
-
-register_scorer("clip", clip_scorer)

@@ -1,0 +1,104 @@
+"""The Model handle: a pipeline with its backbone, LoRA router, hooks, source and defaults.
+
+Example::
+
+    >>> from concept_edit.core.model import load, model_of
+    >>> m = load()                                  # the embedded toy world (quiet)
+    >>> m.backbone.name, m.source, m.defaults       # ('sd1', 'concept_edit:toy-world', {...})
+    >>> m.pipe                                      # the plain diffusers pipeline
+    >>> model_of(m.pipe) is m                       # functions given a pipeline find the handle
+    True
+
+Sampler defaults: ``concept_edit.json`` beside the model, else the model's own config (denoiser
+sample size x VAE scale factor, as diffusers computes it), else the family table. No state is
+kept on the diffusers pipeline object: handles live in a weak map keyed by the pipeline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import weakref
+
+from .backbones import Backbone, backbone_of
+
+DEFAULTS_FILE = "concept_edit.json"  # sampler defaults (+ recommended method settings) beside a model
+_HANDLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+@dataclasses.dataclass(eq=False)
+class Model:
+    pipe: object
+    backbone: Backbone
+    source: str = "unknown"                       # hub id / concept_edit:NAME / directory name
+    defaults: dict = dataclasses.field(default_factory=dict)   # size, steps, guidance
+    recommended: dict = dataclasses.field(default_factory=dict)  # method -> settings for this model
+
+    @property
+    def denoiser(self):
+        return self.backbone.module(self.pipe)
+
+    @property
+    def router(self):
+        from .lora import lora_router
+
+        return lora_router(self.pipe)
+
+    @property
+    def hooks(self):
+        from .hooks import hooks
+
+        return hooks(self.denoiser)
+
+    @property
+    def device(self):
+        return self.denoiser.device
+
+    def sites(self, group: str) -> list[str]:
+        return self.backbone.sites(self.pipe, group)
+
+
+def resolve_defaults(pipe, bb: Backbone, shipped: dict | None = None) -> dict:
+    d = {"size": bb.size, "steps": bb.steps, "guidance": bb.guidance}
+    native = bb.native_size(pipe)
+    if native:
+        d["size"] = native
+    d.update({k: v for k, v in (shipped or {}).items() if k in ("size", "steps", "guidance")})
+    return d
+
+
+def model_of(pipe, source: str | None = None, shipped: dict | None = None) -> Model:
+    """The handle of a pipeline (made on first use for a pipeline built elsewhere)."""
+    if isinstance(pipe, Model):
+        return pipe
+    m = _HANDLES.get(pipe)
+    if m is None or source is not None or shipped is not None:
+        bb = backbone_of(pipe)
+        shipped = shipped or {}
+        m = Model(pipe, bb, source or (m.source if m else "unknown"),
+                  resolve_defaults(pipe, bb, shipped), dict(shipped.get("methods", {})))
+        _HANDLES[pipe] = m
+    return m
+
+
+def read_shipped(model_dir: str | None) -> dict:
+    """``concept_edit.json`` beside a model directory ({} when there is none)."""
+    if not model_dir or not os.path.isdir(model_dir):
+        return {}
+    path = os.path.join(model_dir, DEFAULTS_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def load(model: str | None = None, dtype="fp32", device: str = "cpu", attention: str = "sdpa",
+         family: str | None = None, progress: bool = False, quiet: bool = True) -> Model:
+    """Load a hub id, a diffusers directory or a single-file checkpoint into a Model handle."""
+    from .embedded import default_model
+    from .loading import load_pipeline_raw
+
+    path = model or default_model()
+    pipe, source = load_pipeline_raw(path, dtype=dtype, device=device, attention=attention,
+                                     family=family, progress=progress, quiet=quiet)
+    return model_of(pipe, source=source, shipped=read_shipped(path))

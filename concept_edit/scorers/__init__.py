@@ -1,0 +1,29 @@
+"""Attribute scorers by name: images (uint8 NHWC) -> one label per image.
+
+Example::
+
+    >>> from concept_edit.scorers import get_scorer, SCORERS
+    >>> SCORERS.names()
+    ['clip', 'toy']
+    >>> score = get_scorer("toy", attributes=["red", "blue"])       # the toy classifier
+    >>> score = get_scorer("clip:ViT-B-32@/models/vit-b-32.safetensors", attributes=["male", "female"])
+    >>> SCORERS.register("mine", lambda spec, attributes: my_fn)    # any callable from Python
+
+A spec is ``NAME`` or ``NAME:ARGS``; the factory ``factory(spec, attributes) -> scorer`` is
+imported only when its name is asked for, so no import registers anything.
+"""
+from __future__ import annotations
+
+from ..core.plugins import Registry
+
+SCORERS = Registry("scorer", {
+    "toy": "concept_edit.scorers.toy:toy_scorer",
+    "clip": "concept_edit.scorers.clip:clip_scorer",
+})
+
+
+def get_scorer(spec: str, attributes: list[str]):
+    """``'toy'``, ``'toy:DIR'`` or ``'clip:ARCH@WEIGHTS'`` (or a registered name) -> scorer."""
+    if callable(spec):
+        return spec
+    return SCORERS.get(spec.split(":", 1)[0])(spec, attributes)
