@@ -104,9 +104,26 @@ class Applied:
             lora_router(self.pipe).remove(self.name)
 
 
+def _base(meta: dict) -> dict:
+    b = meta.get("base")
+    return b if isinstance(b, dict) else {}
+
+
+def _check_tensors(sd: dict, path: str) -> None:
+    """Floating tensors with finite values only (a NaN edit would poison every image)."""
+    if not sd:
+        raise ArtifactError(f"{path} holds no tensors; re-create it with concept-edit")
+    for k, v in sd.items():
+        if not v.is_floating_point():
+            raise ArtifactError(f"{path}: tensor {k} has dtype {v.dtype}, expected a float; damaged file")
+        if not torch.isfinite(v).all():
+            raise ArtifactError(f"{path}: tensor {k} holds NaN or inf values; re-create the file "
+                                "(a diverged training?)")
+
+
 def check_base(pipe, meta: dict, path: str, force: bool = False) -> None:
     fam = detect_family(pipe)
-    base = meta.get("base", {})
+    base = _base(meta)
     if force:
         return
     if base.get("family") != fam:
@@ -120,6 +137,7 @@ def apply_artifact(pipe, path: str, scale: float = 1.0, start: float | None = No
     meta = read_artifact_meta(path)
     check_base(pipe, meta, path, force)
     sd = load_safetensors(path)
+    _check_tensors(sd, path)
     fam = get_family(detect_family(pipe))
     if meta.get("kind") == "weights":
         by_comp: dict[str, dict[str, torch.Tensor]] = {}
@@ -128,10 +146,18 @@ def apply_artifact(pipe, path: str, scale: float = 1.0, start: float | None = No
             if not hasattr(pipe, c):
                 raise ArtifactError(f"{path}: this pipeline has no component {c!r}; wrong base model")
             by_comp.setdefault(c, {})[rest] = v
-        saved = {c: snapshot(getattr(pipe, c), d.keys()) for c, d in by_comp.items()}
+        try:
+            saved = {c: snapshot(getattr(pipe, c), d.keys()) for c, d in by_comp.items()}
+        except (KeyError, AttributeError) as e:
+            raise ArtifactError(f"{path}: this model has no tensor {e}; wrong base model") from None
+        for c, d in by_comp.items():
+            for k, v in d.items():
+                if tuple(v.shape) != tuple(saved[c][k].shape):
+                    raise ArtifactError(f"{path}: {c}.{k} has shape {tuple(v.shape)}, the model's is "
+                                        f"{tuple(saved[c][k].shape)}; wrong base model")
         fp = fingerprint({f"{c}.{k}": v for c, d in saved.items() for k, v in d.items()})
-        if not force and fp != meta["base"]["fingerprint"]:
-            raise ArtifactError(f"{path} was made for other base weights ({meta['base'].get('model')}); "
+        if not force and fp != _base(meta).get("fingerprint"):
+            raise ArtifactError(f"{path} was made for other base weights ({_base(meta).get('model')}); "
                                 "this model's tensors differ: pass the right --model, or --force")
         for c, d in by_comp.items():
             module = getattr(pipe, c)
@@ -148,11 +174,17 @@ def apply_artifact(pipe, path: str, scale: float = 1.0, start: float | None = No
                                   for p in paths})
             except KeyError as e:
                 raise ArtifactError(f"{path}: {e}; wrong base model (or pass --force)") from None
-            if fp != meta["base"]["fingerprint"]:
-                raise ArtifactError(f"{path} was trained on other base weights ({meta['base'].get('model')}); "
+            if fp != _base(meta).get("fingerprint"):
+                raise ArtifactError(f"{path} was trained on other base weights ({_base(meta).get('model')}); "
                                     "pass the right --model, or --force")
         name = name or f"artifact{len(router.adapters)}"
-        router.load(name, sd, prefix=fam.denoiser)
+        try:
+            router.load(name, sd, prefix=fam.denoiser)
+        except (KeyError, ValueError, RuntimeError, AttributeError) as e:
+            router.remove(name) if name in router.adapters else None
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ArtifactError(f"{path}: its LoRA does not fit this model ({msg[:200]}); wrong base "
+                                "model or a damaged file") from None
         router.set_scale(name, scale)
         if start is None:
             start = float(meta.get("lora", {}).get("start", 0.0))

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .families import detect_family, get_family
 from .lora import inference_merge
 
 
@@ -48,22 +47,37 @@ def pipe_defaults(pipe) -> dict:
 
 @torch.no_grad()
 def generate(pipe, s: SampleSettings, progress: bool = True, output_type: str = "np") -> np.ndarray:
-    """(N, H, W, 3) uint8 images; image i is generated from seed ``s.seed + i``."""
+    """(N, H, W, 3) uint8 images; image i is generated from seed ``s.seed + i``.
+
+    ``progress``: one bar over every denoising step of every batch (counted at the denoiser)."""
+    from .backbones import backbone_of
+    from .hooks import hooks
+
     s = s.resolved(pipe)
-    fam = get_family(detect_family(pipe))
+    bb = backbone_of(pipe)
     prompts = [s.prompt] * s.n if isinstance(s.prompt, str) else list(s.prompt)
     device = getattr(pipe, "_execution_device", "cpu")
     out = []
     chunks = range(0, len(prompts), s.batch)
-    for i in tqdm(chunks, desc="generate", disable=not progress or len(chunks) < 2, leave=False):
-        idx = list(range(i, min(i + s.batch, len(prompts))))
-        kw = dict(num_inference_steps=s.steps, guidance_scale=s.guidance, height=s.height,
-                  width=s.width, output_type="np")
-        kw.update(dict(fam.pipeline_kwargs))
-        if s.negative_prompt is not None:
-            kw["negative_prompt"] = [s.negative_prompt] * len(idx)
-        gens = [torch.Generator(device).manual_seed(s.seed + j) for j in idx]
-        with inference_merge(pipe):  # sliders folded in, re-folded only when a scale changes
-            imgs = pipe([prompts[j] for j in idx], generator=gens, **kw).images
-        out.append((np.clip(imgs, 0, 1) * 255).round().astype(np.uint8))
+    bar = tqdm(total=len(chunks) * s.steps, desc=f"generate {len(prompts)} image(s)", unit="step",
+               disable=not progress, leave=False)
+
+    def tick(*_a, **_k):
+        bar.update(1)
+
+    try:
+        with hooks(bb.module(pipe)).scoped("concept_edit:progress", "", pre=tick):
+            for i in chunks:
+                idx = list(range(i, min(i + s.batch, len(prompts))))
+                kw = dict(num_inference_steps=s.steps, guidance_scale=s.guidance, height=s.height,
+                          width=s.width, output_type="np")
+                kw.update(dict(bb.pipeline_kwargs))
+                if s.negative_prompt is not None:
+                    kw["negative_prompt"] = [s.negative_prompt] * len(idx)
+                gens = [torch.Generator(device).manual_seed(s.seed + j) for j in idx]
+                with inference_merge(pipe):  # sliders folded in, re-folded only when a scale changes
+                    imgs = pipe([prompts[j] for j in idx], generator=gens, **kw).images
+                out.append((np.clip(imgs, 0, 1) * 255).round().astype(np.uint8))
+    finally:
+        bar.close()
     return np.concatenate(out)

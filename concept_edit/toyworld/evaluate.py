@@ -28,9 +28,15 @@ VALUES = {"shape": SHAPES, "colour": COLOUR_NAMES, "size": SIZE_NAMES, "backgrou
 
 
 @torch.inference_mode()
-def sample_prompts(pipe, prompts: list[str], seeds: int, seed0: int = 0, steps: int = 25,
-                   guidance: float = 5.0, batch: int = 64, progress: bool = True) -> np.ndarray:
-    """Images for every (prompt, seed) pair, prompt-major: (len(prompts) * seeds, 64, 64, 3)."""
+def sample_prompts(pipe, prompts: list[str], seeds: int, seed0: int = 0, steps: int | None = None,
+                   guidance: float | None = None, batch: int = 64, progress: bool = True) -> np.ndarray:
+    """Images for every (prompt, seed) pair, prompt-major: (len(prompts) * seeds, H, W, 3).
+    Steps, guidance and size default to the model's own (the toy world: 25, 5.0, 64 px)."""
+    from ..core.sampling import pipe_defaults
+
+    d = pipe_defaults(pipe)
+    steps = steps or d["steps"]
+    guidance = d["guidance"] if guidance is None else guidance
     jobs = [(p, seed0 + s) for p in prompts for s in range(seeds)]
     out = []
     for i in tqdm(range(0, len(jobs), batch), desc="sample", disable=not progress):
@@ -38,7 +44,7 @@ def sample_prompts(pipe, prompts: list[str], seeds: int, seed0: int = 0, steps: 
         gens = [torch.Generator().manual_seed(s) for _, s in chunk]
         with inference_merge(pipe):
             img = pipe([p for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                       generator=gens, output_type="np").images
+                       height=d["size"], width=d["size"], generator=gens, output_type="np").images
         out.append((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(out) if out else np.zeros((0, 64, 64, 3), np.uint8)
 
