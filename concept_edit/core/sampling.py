@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .lora import inference_merge
 
 
 @dataclasses.dataclass
@@ -47,11 +46,13 @@ def pipe_defaults(pipe) -> dict:
 
 @torch.no_grad()
 def generate(pipe, s: SampleSettings, progress: bool = True, output_type: str = "np") -> np.ndarray:
-    """(N, H, W, 3) uint8 images; image i is generated from seed ``s.seed + i``.
+    """(N, H, W, 3) uint8 images; image i is generated from seed ``s.seed + i`` by the native
+    sampler (``core.sampler.sample``: the same images as ``pipe(...)``, tested per family).
 
     ``progress``: one bar over every denoising step of every batch (counted at the denoiser)."""
     from .backbones import backbone_of
     from .hooks import hooks
+    from .sampler import sample
 
     s = s.resolved(pipe)
     bb = backbone_of(pipe)
@@ -69,15 +70,11 @@ def generate(pipe, s: SampleSettings, progress: bool = True, output_type: str = 
         with hooks(bb.module(pipe)).scoped("concept_edit:progress", "", pre=tick):
             for i in chunks:
                 idx = list(range(i, min(i + s.batch, len(prompts))))
-                kw = dict(num_inference_steps=s.steps, guidance_scale=s.guidance, height=s.height,
-                          width=s.width, output_type="np")
-                kw.update(dict(bb.pipeline_kwargs))
-                if s.negative_prompt is not None:
-                    kw["negative_prompt"] = [s.negative_prompt] * len(idx)
                 gens = [torch.Generator(device).manual_seed(s.seed + j) for j in idx]
-                with inference_merge(pipe):  # sliders folded in, re-folded only when a scale changes
-                    imgs = pipe([prompts[j] for j in idx], generator=gens, **kw).images
-                out.append((np.clip(imgs, 0, 1) * 255).round().astype(np.uint8))
+                res = sample(pipe, [prompts[j] for j in idx], generator=gens, steps=s.steps,
+                             guidance=s.guidance, height=s.height, width=s.width,
+                             negative_prompt=s.negative_prompt, output_type="np")
+                out.append((np.clip(res.images, 0, 1) * 255).round().astype(np.uint8))
     finally:
         bar.close()
     return np.concatenate(out)

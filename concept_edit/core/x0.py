@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import weakref
 
 import numpy as np
 import torch
@@ -31,6 +32,17 @@ class X0Capture:
     timesteps: list = dataclasses.field(default_factory=list)
     height: int | None = None
     width: int | None = None
+
+    _native: bool = False
+
+    @contextlib.contextmanager
+    def native(self):
+        """The native sampler records x0-hat itself: the scheduler wrapper stays silent."""
+        self._native = True
+        try:
+            yield
+        finally:
+            self._native = False
 
     @torch.no_grad()
     def decode(self, every: int = 1) -> list[np.ndarray]:
@@ -54,6 +66,13 @@ def _x0(sched, out, model_output, timestep, sample):
     return model_output
 
 
+_ACTIVE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def active_capture(pipe) -> "X0Capture | None":
+    return _ACTIVE.get(pipe)
+
+
 @contextlib.contextmanager
 def capture_x0(pipe, height: int | None = None, width: int | None = None):
     sched = pipe.scheduler
@@ -62,16 +81,28 @@ def capture_x0(pipe, height: int | None = None, width: int | None = None):
 
     def step(model_output, timestep, sample, *args, **kwargs):
         out = original(model_output, timestep, sample, *args, **kwargs)
-        res = out if not isinstance(out, tuple) else None
+        if cap._native:
+            return out
+        if isinstance(out, tuple):  # return_dict=False: (prev_sample, pred_original_sample?)
+            res = _Tuple(out[1]) if len(out) > 1 and isinstance(out[1], torch.Tensor) else None
+        else:
+            res = out
         cap.x0.append(_x0(sched, res, model_output, timestep, sample).detach().clone())
         cap.timesteps.append(float(torch.as_tensor(timestep).flatten()[0]))
         return out
 
     sched.step = step
+    _ACTIVE[pipe] = cap
     try:
         yield cap
     finally:
+        _ACTIVE.pop(pipe, None)
         del sched.step  # the instance attribute goes; the class method shows through again
+
+
+@dataclasses.dataclass
+class _Tuple:
+    pred_original_sample: torch.Tensor
 
 
 @torch.no_grad()

@@ -66,6 +66,7 @@ class Backbone:
     single_file: tuple = ()             # (pipeline class, key prefix identifying a checkpoint)
     pack_fn: Callable = _identity_pack
     unpack_fn: Callable | None = None
+    sampler: dict = dataclasses.field(default_factory=dict)  # the native sampler's data (SAMPLER)
 
     # -- sites ---------------------------------------------------------------------------------
     def sites(self, pipe_or_module, group: str) -> list[str]:
@@ -141,6 +142,29 @@ class Backbone:
         return out
 
 
+# Sampler data (Backbone.sampler):
+#   cfg            "batch": [uncond; cond] in one batch, mixed by guidance; "embedded": guidance
+#                  is a denoiser input (guidance_input, when its config has guidance_embeds) and
+#                  CFG is opt-in true CFG
+#   packed         latents are 2x2-packed tokens; the denoiser's in_channels / channel_div is the
+#                  latent channel count
+#   extras         family inputs of the denoiser (sampler_parts.EXTRAS): SDXL time ids, FLUX
+#                  txt/img ids, PixArt resolution and aspect ratio
+#   flow_sigmas    default sigmas passed to set_timesteps ("linspace": 1 .. 1/steps)
+#   shift_mu       resolution-dependent shift: "always", "dynamic" (if the scheduler config has
+#                  use_dynamic_shifting) or None; max_shift is the pipeline's default for it
+#   one_step_x0    a 1-step run returns the x0 prediction
+_SAMPLER_UNET = dict(cfg="batch", guidance_input=None, packed=False, channel_div=1, extras=None,
+             flow_sigmas=None, shift_mu=None, max_shift=1.15, one_step_x0=False)
+SAMPLER = {
+    "sd1": _SAMPLER_UNET,
+    "sd2": _SAMPLER_UNET,
+    "sdxl": {**_SAMPLER_UNET, "extras": "sdxl_time_ids"},
+    "sd3": {**_SAMPLER_UNET, "shift_mu": "dynamic", "max_shift": 1.16},
+    "flux": {**_SAMPLER_UNET, "cfg": "embedded", "guidance_input": "guidance", "packed": True, "channel_div": 4,
+             "extras": "flux_ids", "flow_sigmas": "linspace", "shift_mu": "always"},
+    "pixart": {**_SAMPLER_UNET, "extras": "pixart_resolution", "one_step_x0": True},
+}
 _UNET = dict(denoiser="unet", site_table=_sites.UNET, positional_call=True)
 _DIT = dict(denoiser="transformer", input_kwarg="hidden_states")
 BACKBONES: dict[str, Backbone] = {b.name: b for b in (
@@ -166,6 +190,8 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
              learned_sigma=True, size=1024, steps=20, guidance=4.5,
              pipeline_kwargs=(("use_resolution_binning", False), ("clean_caption", False)), **_DIT),
 )}
+for _name, _data in SAMPLER.items():  # the native sampler's data, one row per backbone
+    object.__setattr__(BACKBONES[_name], "sampler", _data)
 # (pipeline class name prefix, family) in the order they are tried; SD 1/2 split on prediction type
 _CLASS_PREFIXES = (("StableDiffusionXL", "sdxl"), ("StableDiffusion3", "sd3"), ("Flux", "flux"),
                    ("PixArt", "pixart"))
