@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ...core.artifacts import save_weights_artifact
+from ...core.artifacts import Artifact, weights_edit
 from ...core.backbones import backbone_of
 from ...core.denoise import Denoiser
 from ...core.families import resolve_sites
@@ -49,9 +49,14 @@ class UceResult:
     tensors: dict[str, torch.Tensor]      # '<component>.<path>.weight' -> edited weight
     history: list[dict] = dataclasses.field(default_factory=list)
 
+    def artifact(self) -> Artifact:
+        return Artifact([weights_edit(self.pipe, self.tensors, "uce", self.config.to_dict(),
+                                      extra={"debias_history": self.history} if self.history else None)])
+
     def save(self, path: str) -> dict:
-        return save_weights_artifact(self.pipe, self.tensors, path, "uce", self.config.to_dict(),
-                                     extra={"debias_history": self.history} if self.history else None)
+        art = self.artifact()
+        art.save(path)
+        return art.meta
 
     @contextlib.contextmanager
     def applied(self):
@@ -290,6 +295,7 @@ def _debias(pipe, cfg: UceConfig, cap: InputCapture, original, progress: bool) -
     return UceResult(pipe, cfg, {f"{comp}.{k}": v for k, v in final.items()}, history)
 
 
-def run(model, cfg: UceConfig, progress=True) -> UceResult:
-    """The registry's entry point: ``run(model_or_pipe, cfg) -> UceResult`` (``.save(path)``)."""
-    return uce_edit(getattr(model, "pipe", model), cfg, progress=bool(progress))
+def run(model, cfg: UceConfig, progress=True) -> Artifact:
+    """The registry's entry point: ``run(model_or_pipe, cfg) -> Artifact`` (the model is left
+    unedited; ``artifact.apply(model)`` applies the edit)."""
+    return uce_edit(getattr(model, "pipe", model), cfg, progress=bool(progress)).artifact()
