@@ -72,16 +72,59 @@ def _rate(groups, prompts, key_fn):
     return float(np.mean(vals))
 
 
+def retain_prompts(concept: dict, n: int = 8, seed: int = 0) -> list[dict]:
+    """Full prompts that name the concept with every other attribute ("a small yellow circle on a
+    striped background"): where in-prompt retention is measured."""
+    (axis, value), = concept.items()
+    full = [p for p in all_prompts() if len(p["named"]) == 4 and p["named"][axis] == value]
+    return _pick(full, n, seed + 2)
+
+
+def retention(base_groups, edited_groups, prompts: list[dict], concept: dict) -> dict:
+    """In-prompt retention on prompts that name the erased concept with other attributes.
+
+    ``*_groups[i]``: the classifier's labels for prompt i over the same seeds, base and edited.
+    Per other named attribute: the share of samples showing it as prompted, base and edited,
+    and their ratio (the issue's bar: >= 0.9). ``replacement``: what the concept's axis shows
+    instead on the edited samples where the concept is gone (one value taking every replaced
+    sample is a finding, not a success)."""
+    from collections import Counter
+
+    (axis, value), = concept.items()
+    attrs = {}
+    for a in AXES:
+        if a == axis:
+            continue
+        rows = [(gb, ge, p) for gb, ge, p in zip(base_groups, edited_groups, prompts) if a in p["named"]]
+        if not rows:
+            continue
+        b = float(np.mean([q[a] == p["named"][a] for gb, _, p in rows for q in gb]))
+        e = float(np.mean([q[a] == p["named"][a] for _, ge, p in rows for q in ge]))
+        attrs[a] = {"base": b, "edited": e, "ratio": e / b if b else float("nan"), "prompts": len(rows)}
+    replaced = Counter(q[axis] for g in edited_groups for q in g if q[axis] != value)
+    n = sum(replaced.values())
+    shares = {k: c / n for k, c in sorted(replaced.items())} if n else {}
+    top = max(shares, key=shares.get) if shares else None
+    return {"attributes": attrs, "min_ratio": min((v["ratio"] for v in attrs.values()), default=float("nan")),
+            "replacement": {"n": n, "shares": shares, "top": top, "top_share": shares.get(top, 0.0)}}
+
+
 def erasure_report(pipe, concept: dict, edit=None, seeds: int = 64, clf=None, base=None,
-                   n_target: int = 4, n_other: int = 8) -> dict:
-    """Rates for base and edited model; ``base`` reuses an earlier report's base predictions."""
+                   n_target: int = 4, n_other: int = 8, n_retain: int = 8) -> dict:
+    """Rates for base and edited model; ``base`` reuses an earlier report's base predictions.
+    ``n_retain`` full prompts naming the concept measure in-prompt retention (0 = skip)."""
     (axis, value), = concept.items()
     clf = clf or load_classifier()
     target, others = concept_prompts(concept, n_target, n_other)
+    retain = retain_prompts(concept, n_retain) if n_retain else []
     if base is None:
         base = {"target": score(pipe, target, seeds, clf), "others": score(pipe, others, seeds, clf)}
+    if retain and "retain" not in base:
+        base["retain"] = score(pipe, retain, seeds, clf)
     with applied(pipe, edit if isinstance(edit, list) else [edit] if edit else []):
         ed = {"target": score(pipe, target, seeds, clf), "others": score(pipe, others, seeds, clf)}
+        if retain:
+            ed["retain"] = score(pipe, retain, seeds, clf)
 
     def shows(q, p):
         return q[axis] == value
@@ -100,6 +143,11 @@ def erasure_report(pipe, concept: dict, edit=None, seeds: int = 64, clf=None, ba
         b = _rate(base["others"], others, lambda q, p, a=a: q[a] == p["named"][a])
         e = _rate(ed["others"], others, lambda q, p, a=a: q[a] == p["named"][a])
         rep["others"][f"{a}_acc"] = {"base": b, "edited": e, "delta_points": 100 * (e - b)}
+    if retain:
+        rep["in_prompt"] = {"prompts": [p["prompt"] for p in retain],
+                            "concept_shown": {"base": _rate(base["retain"], retain, shows),
+                                              "edited": _rate(ed["retain"], retain, shows)},
+                            **retention(base["retain"], ed["retain"], retain, concept)}
     rep["_base"] = base
     return rep
 

@@ -4,8 +4,9 @@ Example::
 
     >>> from concept_edit.scorers import get_scorer, SCORERS
     >>> SCORERS.names()
-    ['clip', 'toy']
+    ['clip', 'toy', 'toy-clip']
     >>> score = get_scorer("toy", attributes=["red", "blue"])       # the toy classifier
+    >>> score = get_scorer("toy-clip", attributes=["red", "blue"])  # the toy CLIP, zero-shot
     >>> score = get_scorer("clip:ViT-B-32@/models/vit-b-32.safetensors", attributes=["male", "female"])
     >>> SCORERS.register("mine", lambda spec, attributes: my_fn)    # any callable from Python
 
@@ -19,6 +20,7 @@ from ..core.plugins import Registry
 SCORERS = Registry("scorer", {
     "toy": "concept_edit.scorers.toy:toy_scorer",
     "clip": "concept_edit.scorers.clip:clip_scorer",
+    "toy-clip": "concept_edit.toyworld.clip:toy_clip_scorer",
 })
 
 
