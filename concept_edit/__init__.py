@@ -11,7 +11,7 @@ Importing the package is light: torch and diffusers load with the first function
 __version__ = "0.2.0"
 
 _LAZY = {
-    "load": "concept_edit.core.model",
+    "load": "concept_edit.core.loading",
     "model_of": "concept_edit.core.model",
     "Model": "concept_edit.core.model",
     "load_pipeline": "concept_edit.core.loading",
@@ -19,6 +19,12 @@ _LAZY = {
     "SampleSettings": "concept_edit.core.sampling",
     "METHODS": "concept_edit.methods",
     "SCORERS": "concept_edit.scorers",
+    "get_scorer": "concept_edit.scorers",
+    "apply_artifact": "concept_edit.core.artifacts",
+    "read_artifact_meta": "concept_edit.core.io",
+    "ArtifactError": "concept_edit.core.io",
+    "labelled_grid": "concept_edit.eval.grid",
+    "train_slider": "concept_edit.methods.slider",
 }
 
 

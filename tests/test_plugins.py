@@ -46,7 +46,7 @@ def test_model_defaults_from_config_and_source_ids(tiny_dirs, tmp_path):
     import shutil
 
     from concept_edit.core.embedded import EMBEDDED_ID, default_model, source_id
-    from concept_edit.core.model import load
+    from concept_edit.core.loading import load
 
     d = str(tmp_path / "custom-sd")
     shutil.copytree(tiny_dirs("sd1"), d)

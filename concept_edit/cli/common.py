@@ -215,7 +215,7 @@ def check_safetensors(path: str, what: str) -> None:
 
 
 def load_model(args, progress: bool | None = None):
-    from ..core.model import load
+    from ..core.loading import load
 
     verbose = bool(getattr(args, "verbose", False))
     return load(args.model, dtype=args.dtype, device=args.device, attention=args.attention,

@@ -2,12 +2,13 @@
 
 Example::
 
-    >>> from concept_edit.core.loading import load_pipeline
-    >>> pipe = load_pipeline()                               # the embedded toy world
+    >>> from concept_edit.core.loading import load, load_pipeline
+    >>> model = load()                                       # the embedded toy world: a Model
+    >>> pipe = load_pipeline()                               # ... or just its pipeline
     >>> pipe = load_pipeline("stabilityai/stable-diffusion-xl-base-1.0", dtype="fp16", device="cuda")
     >>> pipe = load_pipeline("/models/tiny-sd3")             # a local diffusers directory
 
-``concept_edit.core.model.load`` gives the Model handle (backbone, defaults, source) instead.
+``load`` gives the Model handle (backbone, defaults, source); ``load_pipeline`` the pipeline.
 Weights load from safetensors only (pickled ``.bin/.ckpt/.pt`` are refused). Offline, a model
 that is neither local nor cached is a one-line error naming what to pass instead. Loading is
 quiet (no progress bars or library warnings) unless ``quiet=False``.
@@ -23,6 +24,7 @@ import torch
 
 from .backbones import backbone_of, single_file_class, single_file_family
 from .embedded import default_model, source_id
+from .model import Model, model_of, read_shipped
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -161,11 +163,18 @@ def load_pipeline_raw(model: str | None = None, dtype="fp32", device: str = "cpu
     return pipe, source_id(model)
 
 
+def load(model: str | None = None, dtype="fp32", device: str = "cpu", attention: str = "sdpa",
+         family: str | None = None, progress: bool = False, quiet: bool = True) -> Model:
+    """Load a hub id, a diffusers directory or a single-file checkpoint into a Model handle."""
+    path = model or default_model()
+    pipe, source = load_pipeline_raw(path, dtype=dtype, device=device, attention=attention,
+                                     family=family, progress=progress, quiet=quiet)
+    return model_of(pipe, source=source, shipped=read_shipped(path))
+
+
 def load_pipeline(model: str | None = None, dtype="fp32", device: str = "cpu",
                   attention: str = "sdpa", family: str | None = None, progress: bool = False,
                   quiet: bool = True):
     """The plain diffusers pipeline; its Model handle is ``model_of(pipe)``."""
-    from .model import load
-
     return load(model, dtype=dtype, device=device, attention=attention, family=family,
                 progress=progress, quiet=quiet).pipe

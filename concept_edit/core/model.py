@@ -2,7 +2,8 @@
 
 Example::
 
-    >>> from concept_edit.core.model import load, model_of
+    >>> from concept_edit.core.loading import load
+    >>> from concept_edit.core.model import model_of
     >>> m = load()                                  # the embedded toy world (quiet)
     >>> m.backbone.name, m.source, m.defaults       # ('sd1', 'concept_edit:toy-world', {...})
     >>> m.pipe                                      # the plain diffusers pipeline
@@ -90,15 +91,3 @@ def read_shipped(model_dir: str | None) -> dict:
         return {}
     with open(path) as f:
         return json.load(f)
-
-
-def load(model: str | None = None, dtype="fp32", device: str = "cpu", attention: str = "sdpa",
-         family: str | None = None, progress: bool = False, quiet: bool = True) -> Model:
-    """Load a hub id, a diffusers directory or a single-file checkpoint into a Model handle."""
-    from .embedded import default_model
-    from .loading import load_pipeline_raw
-
-    path = model or default_model()
-    pipe, source = load_pipeline_raw(path, dtype=dtype, device=device, attention=attention,
-                                     family=family, progress=progress, quiet=quiet)
-    return model_of(pipe, source=source, shipped=read_shipped(path))

@@ -103,11 +103,11 @@ def sample(pipe, prompts: str | list[str], *, seed: int | list[int] = 0, generat
 def _sample(pipe, prompts, *, seed, generator, latents, steps, guidance, height, width, negative_prompt,
             true_cfg, timesteps, sigmas, phases, start_latents, start_step, start_timestep, noise_start,
             mask, mask_latents, guidance_fn, eta, return_x0, x0_grad, return_states, output_type, progress):
-    from .sampling import pipe_defaults
+    from .model import model_of
 
     fam = backbone_of(pipe)
     data = fam.sampler
-    d = pipe_defaults(pipe)
+    d = dict(model_of(pipe).defaults)
     custom = timesteps if timesteps is not None else sigmas
     steps = len(custom) if custom is not None else (steps or d["steps"])
     guidance = d["guidance"] if guidance is None else guidance
