@@ -61,6 +61,8 @@ def _bad(tmp_path, tiny_dirs):
     save_file({"w": torch.zeros(1)}, str(foreign))
     fake_pickle = tmp_path / "edit.safetensors"
     torch.save({"w": torch.zeros(1)}, fake_pickle)
+    png = tmp_path / "renamed.safetensors"
+    png.write_bytes(open(os.path.join(os.path.dirname(__file__), "..", "weights", "toy-world", "samples.png"), "rb").read())
     out = str(tmp_path / "o")
     return out, [
         (["make-tiny", "sd9", out], "unknown family"),
@@ -68,6 +70,12 @@ def _bad(tmp_path, tiny_dirs):
         (["generate", "--model", str(pickled), "--prompt", "x", "--out", out], "pickled"),
         (["generate", "--model", d, "--prompt", "x", "--size", "63x64", "--out", out], "--size"),
         (["generate", "--model", d, "--prompt", "x", "--size", "big", "--out", out], "--size"),
+        (["generate", "--model", d, "--prompt", "x", "--size", "0x0", "--out", out], "positive"),
+        (["generate", "--model", str(png), "--prompt", "x", "--out", out], "not a safetensors file"),
+        (["generate", "--model", d, "--prompt", "x", "--apply", str(png), "--out", out], "not a safetensors file"),
+        (["uce", "--model", d, "--erase", "circle", "--set", "lamb", "--out", out + ".safetensors"], "KEY=VALUE"),
+        (["uce", "--model", d, "--erase", "circle", "--set", "lambda=1", "--out", out + ".safetensors"], "did you mean"),
+        (["slider", "grid", "--model", d, "--apply", str(png), "--prompt", "x", "--out", out + ".png"], "not a safetensors"),
         (["generate", "--model", d, "--prompt", "x", "--steps", "0", "--out", out], "--steps"),
         (["generate", "--model", d, "--prompt", "x", "--apply", str(foreign), "--out", out], "not written by concept_edit"),
         (["generate", "--model", d, "--prompt", "x", "--apply", str(fake_pickle), "--out", out], "pickled"),
@@ -123,3 +131,26 @@ def test_render_pairs_captions(tmp_path, capsys):
     code, _, _ = run(["toyworld", "render-pairs", str(tmp_path / "q"), "--n", "1", "--single-caption"], capsys)
     assert code == 0                                     # same seed: the same first scene
     assert (tmp_path / "q" / "low" / "0000.txt").read_text().splitlines() == lines[:1]
+
+
+def test_every_command_has_help_with_examples(capsys):
+    """--help of every (sub)command answers with exit 0, defaults shown and an example."""
+    cmds = [["generate"], ["sites"], ["make-tiny"], ["uce"], ["esd"], ["slider", "train"], ["slider", "grid"],
+            ["slider", "export"], ["toyworld", "train"], ["toyworld", "score"], ["toyworld", "evaluate"],
+            ["toyworld", "render"], ["toyworld", "erasure"], ["toyworld", "slider"], ["toyworld", "render-pairs"]]
+    for c in cmds:
+        code, out, _ = run(c + ["--help"], capsys)
+        assert code == 0 and "examples:" in out, c
+    code, out, _ = run(["uce", "--help"], capsys)
+    assert "(default: 0.5)" in out and "--lamb" in out          # generated from UceConfig.lamb
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and "concept-edit" in out
+
+
+def test_slider_grid_refuses_a_weights_edit_first(tiny_dirs, tmp_path, capsys):
+    d = tiny_dirs("sd1")
+    art = str(tmp_path / "u.safetensors")
+    assert run(["uce", "--model", d, "--erase", "circle", "--out", art], capsys)[0] == 0
+    code, _, err = run(["slider", "grid", "--model", d, "--apply", art, "--prompt", "x",
+                        "--out", str(tmp_path / "g.png")], capsys)
+    assert code == 2 and "not a slider" in err and len(err.strip().splitlines()) == 1
