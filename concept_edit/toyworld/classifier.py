@@ -19,14 +19,14 @@ import os
 import numpy as np
 import torch
 
+from ..core.embedded import embedded_path
 from ..core.io import atomic_save_file, load_safetensors
 from .models import ToyClassifier
 from .render import BACKGROUNDS, COLOUR_NAMES, SHAPES, SIZE_NAMES
 
 VOCAB = {"shape": SHAPES + ("none",), "colour": COLOUR_NAMES, "size": SIZE_NAMES,
          "background": BACKGROUNDS}
-DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                           "weights", "toy-classifier")
+DEFAULT_DIR = embedded_path("toy-classifier")  # a checkout's weights/, or the installed wheel's
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

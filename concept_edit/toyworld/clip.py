@@ -41,12 +41,12 @@ import torch
 import torch.nn.functional as F
 
 from ..core.config import ConfigError, StrictConfig, field
+from ..core.embedded import embedded_path
 from .captions import all_prompts, caption
 from .render import BACKGROUNDS, COLOUR_NAMES, SHAPES, SIZE_NAMES
 
 NAME = "toy-clip"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_DIR = os.path.join(REPO_ROOT, "weights", "toy-clip")
+DEFAULT_DIR = embedded_path("toy-clip")  # a checkout's weights/, or the installed wheel's
 WEIGHTS_FILE = "open_clip_model.safetensors"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 ATTRIBUTES = {"shape": SHAPES, "colour": COLOUR_NAMES, "size": SIZE_NAMES, "background": BACKGROUNDS}
@@ -83,7 +83,7 @@ class ToyClipConfig(StrictConfig):
     text_layers: int = field(2, "text transformer layers")
     text_heads: int = field(4, "text attention heads")
     context_length: int = field(24, "text context (v1 captions use at most 10 tokens)")
-    toy_world: str = field(os.path.join(REPO_ROOT, "weights", "toy-world"),
+    toy_world: str = field(embedded_path("toy-world"),
                            "toy-world pipeline for VAE reconstructions and samples")
     ckpt_every: int = field(250, "checkpoint period (steps)")
     eval_every: int = field(500, "quick zero-shot check on fresh renders (0: never)")
@@ -669,7 +669,7 @@ def evaluate(path: str | None = None, n_renders: int = 1000, render_seed: int = 
         rng = np.random.default_rng(sample_seed)
         scenes = [sample_scene(rng=rng) for _ in range(n_samples)]
         prompts = [sample_caption(s, rng, p_empty=0.0) for s in scenes]
-        imgs = toy_world_samples(toy_world or os.path.join(REPO_ROOT, "weights", "toy-world"), prompts,
+        imgs = toy_world_samples(toy_world or embedded_path("toy-world"), prompts,
                                  seed=sample_seed, progress=progress)
         cp = predict(imgs, clip)
         kp = clf_predict(load_classifier(classifier), imgs)
