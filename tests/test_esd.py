@@ -149,6 +149,9 @@ def test_resume_equals_uninterrupted(tiny_pipe, tmp_path):
     assert a.losses == b.losses
     ta, tb = a.edit.artifact_tensors(), b.edit.artifact_tensors()
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert b.loop.report() == "resumed at 2, ran 2 steps" and os.path.isdir(ck)
+    b.save(str(tmp_path / "e.safetensors"))
+    assert not os.path.exists(ck)                  # the artifact is written: no checkpoint left
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd3"])
@@ -183,7 +186,8 @@ def test_accelerate_launch_one_cpu_process(tiny_dirs, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "concept_edit.cli.main", "esd", "--model", tiny_dirs("sd1"), "--concept", "circle",
-           "--preserve", "a star; a square", "--steps", "2", "--out", out]
+           "--preserve", "a star; a square", "--steps", "2", "--bank-size", "2", "--ddim-steps", "4",
+           "--out", out]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

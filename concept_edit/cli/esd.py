@@ -1,7 +1,8 @@
 """``concept-edit esd``: fine-tune erasure; writes one safetensors (LoRA or changed tensors).
 
-Multi-GPU / multi-node: ``accelerate launch --num_processes 8 $(which concept-edit) esd ...``
-(each process samples its own x_t; gradients are averaged across processes).
+Multi-GPU / multi-node: ``accelerate launch --num_processes 8 $(which concept-edit) esd --device
+cuda ...`` (each process samples its own x_t; accelerate averages the gradients; on CPUs:
+``accelerate launch --multi_gpu --num_processes N ... --device cpu``).
 """
 from __future__ import annotations
 
@@ -56,11 +57,16 @@ def check(args):
 
 
 def run_cli(args) -> None:
+    from ..core.trainloop import launch_device
     from ..methods.esd.train import train_esd
 
     cfg = args.cfg
+    args.device = launch_device(args.device)  # under a multi-GPU launch: this rank's own GPU
     model = load_model(args)
     res = train_esd(model.pipe, cfg, checkpoint_dir=args.ckdir, resume=args.resume)
+    if not res.is_main:  # the other processes of a launch: rank 0 writes and reports
+        return
     meta = res.save(args.out)
-    print(f"ESD-{cfg.variant} on {', '.join(cfg.concept_names())}: {len(res.losses)} steps, final loss "
-          f"{res.losses[-1]:.5f}, {res.seconds:.0f} s -> {args.out} ({meta['kind']})")
+    loss = f"final loss {res.losses[-1]:.5f}, " if res.losses else ""
+    print(f"ESD-{cfg.variant} on {', '.join(cfg.concept_names())}: {res.loop.report()}, {loss}"
+          f"{res.seconds:.0f} s -> {args.out} ({meta['kind']})")

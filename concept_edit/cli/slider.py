@@ -72,14 +72,18 @@ def check_train(args):
 
 
 def cmd_train(args) -> None:
+    from ..core.trainloop import launch_device
     from ..methods.slider.train import train_slider
 
     cfg = args.cfg
+    args.device = launch_device(args.device)  # under a multi-GPU launch: this rank's own GPU
     model = load_model(args)
     res = train_slider(model.pipe, cfg, checkpoint_dir=args.ckdir, resume=args.resume)
+    if not res.is_main:  # the other processes of a launch: rank 0 writes and reports
+        return
     res.save(args.out)
-    print(f"slider {cfg.name}: {len(res.losses)} steps in {res.seconds:.0f} s, final loss "
-          f"{res.losses[-1]:.5f} -> {args.out}")
+    loss = f", final loss {res.losses[-1]:.5f}" if res.losses else ""
+    print(f"slider {cfg.name}: {res.loop.report()} in {res.seconds:.0f} s{loss} -> {args.out}")
 
 
 def check_export(args):

@@ -115,7 +115,7 @@ class Denoiser:
     def capture(self, prompts: list[str], steps: int, guidance: float, seed: int,
                 height: int | None = None, width: int | None = None, negative: str | None = None,
                 batch: int = 16, progress: bool = False, stop_after: int | None = None,
-                generators: list | None = None) -> Bank:
+                generators: list | None = None, desc: str = "trajectories") -> Bank:
         """Run the pipeline on ``prompts`` (seeds seed, seed+1, ...) recording denoiser inputs.
 
         ``stop_after=k`` cuts every run short once the input of step k is recorded (partial
@@ -129,7 +129,7 @@ class Denoiser:
         per_call: list[list[dict]] = []
         shared: dict = {}
         chunks = [list(range(i, min(i + batch, len(prompts)))) for i in range(0, len(prompts), batch)]
-        for chunk in tqdm(chunks, desc="trajectories", disable=not progress, leave=False):
+        for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
             calls: list[dict] = []
             b = len(chunk)
 

@@ -10,7 +10,8 @@ Example::
     >>> ep.artifact_tensors()           # LoRA keys (diffusers format) or changed weights
 
 Trainable tensors and optimiser state are fp32 even when the model runs in bf16/fp16 (direct
-mode keeps fp32 master weights and copies them into the model after each step).
+mode keeps fp32 master weights and copies them into the model after each step). The loop around
+these pieces (accelerate, resume, progress, Ctrl-C) is :class:`concept_edit.core.trainloop.TrainLoop`.
 """
 from __future__ import annotations
 
@@ -71,6 +72,14 @@ class EditParams:
 
     def parameters(self) -> list[torch.Tensor]:
         return self._params
+
+    def grad_tensors(self) -> list[torch.nn.Parameter]:
+        """The model's own tensors that backward writes grads into (LoRA factors, or the direct
+        weights; for a low-precision model these are not the fp32 masters): what a data-parallel
+        wrapper must sync. Call after ``prepare_model_params``."""
+        if self.mode == "direct" and not self._fp32:
+            return list(self._model_params.values())
+        return list(self._params)
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self._params)
@@ -172,6 +181,17 @@ class Checkpointer:
                          metadata={"step": str(step)})
         with atomic_path(os.path.join(self.dir, "optim.pt")) as tmp:
             torch.save({"step": step, "opt": opt.state_dict(), "extra": extra or {}}, tmp)
+
+    def clear(self) -> None:
+        """Drop the checkpoint (a finished run needs no resume): only the files written here, then
+        the directory if that leaves it empty."""
+        if not self.dir or not os.path.isdir(self.dir):
+            return
+        for name in os.listdir(self.dir):
+            if name in ("state.safetensors", "optim.pt") or name.startswith(".tmp-"):
+                os.remove(os.path.join(self.dir, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(self.dir)
 
     def load(self, edit: EditParams, opt) -> tuple[int, dict]:
         st = torch.load(os.path.join(self.dir, "optim.pt"), weights_only=True)

@@ -17,17 +17,16 @@ and x_t taken from the denoiser's own inputs (so scaled as the scheduler require
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ...core.artifacts import save_lora_artifact, save_weights_artifact
+from ...core.artifacts import Artifact, lora_edit, weights_edit
 from ...core.denoise import CondTable, Denoiser
 from ...core.families import resolve_sites
 from ...core.sampling import pipe_defaults
-from ...core.training import Checkpointer, EditParams, activation_checkpointing, make_optimizer, step_generator
+from ...core.trainloop import TrainLoop
+from ...core.training import EditParams, activation_checkpointing
 from .config import EsdConfig
 
 
@@ -66,38 +65,48 @@ class EsdResult:
     pipe: object
     config: EsdConfig
     edit: EditParams
-    losses: list[float]
-    seconds: float
+    losses: list[float]   # every step's, those of a resumed checkpoint included
+    seconds: float        # this call's training time (without the trajectory bank)
+    loop: TrainLoop | None = None
 
-    def save(self, path: str) -> dict:
+    @property
+    def is_main(self) -> bool:
+        return self.loop is None or self.loop.is_main
+
+    def artifact(self) -> Artifact:
         extra = {"train_seconds": round(self.seconds, 1), "final_loss": self.losses[-1] if self.losses else None}
         if self.edit.mode == "lora":
-            return save_lora_artifact(self.pipe, self.edit.artifact_tensors(), path, "esd",
-                                      self.config.to_dict(),
-                                      lora={"rank": self.config.rank, "alpha": self.config.alpha,
-                                            "group": self.config.site_group(), "start": 0.0}, extra=extra)
-        return save_weights_artifact(self.pipe, self.edit.artifact_tensors(), path, "esd",
-                                     self.config.to_dict(), extra=extra, originals=self.edit.originals())
+            e = lora_edit(self.pipe, self.edit.artifact_tensors(), "esd", self.config.to_dict(),
+                          lora={"rank": self.config.rank, "alpha": self.config.alpha,
+                                "group": self.config.site_group(), "start": 0.0}, extra=extra)
+        else:
+            e = weights_edit(self.pipe, self.edit.artifact_tensors(), "esd", self.config.to_dict(),
+                             extra=extra, originals=self.edit.originals())
+        return Artifact([e], ["esd"])
 
-
-def _accelerator():
-    try:
-        from accelerate import Accelerator
-
-        return Accelerator(cpu=not torch.cuda.is_available())
-    except Exception:  # accelerate missing or not launched: one process
-        return None
+    def save(self, path: str) -> dict:
+        """Write the artifact (main process; others return {}), then drop a complete run's
+        checkpoint directory."""
+        if not self.is_main:
+            return {}
+        art = self.artifact()
+        art.save(path)
+        if self.loop:
+            self.loop.artifact_written()
+        return art.meta
 
 
 def train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: bool = False,
-              progress: bool = True, stop_at: int | None = None) -> EsdResult:
-    """Train; ``stop_at`` ends early after that step (tests of resume)."""
-    acc = _accelerator()
-    rank, world = (acc.process_index, acc.num_processes) if acc else (0, 1)
+              progress=True, stop_at: int | None = None) -> EsdResult:
+    """Train; ``stop_at`` ends early after that step (resumable); ``progress``: bool or
+    ``fn(step, total, logs, t)`` (see :class:`~concept_edit.core.trainloop.TrainLoop`)."""
+    loop = TrainLoop(pipe, cfg.iterations, seed=cfg.seed, checkpoint_dir=checkpoint_dir, resume=resume,
+                     every=cfg.checkpoint_every, stop_at=stop_at, progress=progress,
+                     desc=f"esd-{cfg.variant}")
     dn = Denoiser(pipe)
     edit = EditParams(pipe, resolve_sites(pipe, cfg.site_group()), mode=cfg.train, rank=cfg.rank,
                       alpha=cfg.alpha, name="esd", seed=cfg.seed)
-    opt = make_optimizer(cfg.optimizer, edit.parameters(), cfg.lr)
+    loop.attach(edit, cfg.optimizer, cfg.lr)
     size = cfg.size or pipe_defaults(pipe)["size"]
     specs = cfg.specs()
     keep = cfg.preserve_spec()  # drawn with probability preserve_share per batch row
@@ -115,60 +124,47 @@ def train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: b
             prompts = [sp.prompts(i % sp.n_templates())[0] for i in range(n)]
             stream = j if j >= 0 else len(specs)  # the preserve bank seeds after the concepts
             banks[j] = dn.capture(prompts, steps=cfg.ddim_steps, guidance=cfg.guidance,
-                                  seed=cfg.seed * 7_919 + stream * 100_003 + rank * 10_007,
-                                  height=size, width=size, progress=progress)
-    ck = Checkpointer(checkpoint_dir)
-    start, losses = 0, []
-    if resume and ck.exists():
-        start, extra = ck.load(edit, opt)
-        losses = list(extra.get("losses", []))
-    edit.prepare_model_params()
-    t0 = time.time()
-    end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
-    bar = tqdm(range(start, end), desc=f"esd-{cfg.variant}", initial=start, total=cfg.iterations,
-               disable=not progress or rank != 0)
+                                  seed=cfg.seed * 7_919 + stream * 100_003 + loop.rank * 10_007,
+                                  height=size, width=size, progress=loop.bars)
+
+    def step(_, g):
+        picks = torch.randint(len(specs), (cfg.batch_size,), generator=g).tolist()
+        if keep:  # drawn only when there is something to preserve: old runs stay bit-identical
+            kept = torch.rand(cfg.batch_size, generator=g) < cfg.preserve_share
+            picks = [-1 if k else ci for ci, k in zip(picks, kept.tolist())]
+        states, rows = [], []
+        for b, ci in enumerate(picks):
+            sp = specs[ci] if ci >= 0 else keep
+            k = int(torch.randint(cfg.ddim_steps, (1,), generator=g))
+            if cfg.sampler == "bank":
+                i = int(torch.randint(banks[ci].n_traj, (1,), generator=g))
+                states.append(banks[ci].take([i], [k]))
+                t = i % sp.n_templates()
+            else:
+                t = int(torch.randint(sp.n_templates(), (1,), generator=g)) if sp.n_templates() > 1 else 0
+                sg = torch.Generator(dn.device).manual_seed(int(torch.randint(2 ** 31, (1,), generator=g)))
+                bank = dn.capture([sp.prompts(t)[0]], steps=cfg.ddim_steps, guidance=cfg.guidance, seed=0,
+                                  height=size, width=size, stop_after=k, generators=[sg])
+                states.append(bank.take([0], [bank.n_steps - 1]))
+            rows.append(sp.prompts(t))
+        state = dn.cat(states)
+        names = [r[0] for r in rows]
+        with torch.no_grad(), edit.off():
+            target = _frozen_target(dn, states, rows, cond_rows,
+                                    [cfg.eta if ci >= 0 else 0.0 for ci in picks])
+        pred = dn.predict(state, cond_rows(names)).float()
+        return F.mse_loss(pred, target)
+
     with activation_checkpointing(dn.module, cfg.gradient_checkpointing):
-        for step in bar:
-            g = step_generator(cfg.seed, step, stream=rank)
-            picks = torch.randint(len(specs), (cfg.batch_size,), generator=g).tolist()
-            if keep:  # drawn only when there is something to preserve: old runs stay bit-identical
-                kept = torch.rand(cfg.batch_size, generator=g) < cfg.preserve_share
-                picks = [-1 if k else ci for ci, k in zip(picks, kept.tolist())]
-            states, rows = [], []
-            for b, ci in enumerate(picks):
-                sp = specs[ci] if ci >= 0 else keep
-                k = int(torch.randint(cfg.ddim_steps, (1,), generator=g))
-                if cfg.sampler == "bank":
-                    i = int(torch.randint(banks[ci].n_traj, (1,), generator=g))
-                    states.append(banks[ci].take([i], [k]))
-                    t = i % sp.n_templates()
-                else:
-                    t = int(torch.randint(sp.n_templates(), (1,), generator=g)) if sp.n_templates() > 1 else 0
-                    sg = torch.Generator(dn.device).manual_seed(int(torch.randint(2 ** 31, (1,), generator=g)))
-                    bank = dn.capture([sp.prompts(t)[0]], steps=cfg.ddim_steps, guidance=cfg.guidance, seed=0,
-                                      height=size, width=size, stop_after=k, generators=[sg])
-                    states.append(bank.take([0], [bank.n_steps - 1]))
-                rows.append(sp.prompts(t))
-            state = dn.cat(states)
-            names = [r[0] for r in rows]
-            with torch.no_grad(), edit.off():
-                target = _frozen_target(dn, states, rows, cond_rows,
-                                        [cfg.eta if ci >= 0 else 0.0 for ci in picks])
-            pred = dn.predict(state, cond_rows(names)).float()
-            loss = F.mse_loss(pred, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            edit.after_backward()
-            if world > 1:
-                for p in edit.parameters():
-                    if p.grad is not None:
-                        p.grad = acc.reduce(p.grad, reduction="mean")
-            opt.step()
-            edit.after_step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.5f}")
-            if (step + 1) % cfg.checkpoint_every == 0 and rank == 0:
-                ck.save(step + 1, edit, opt, {"losses": losses})
-    for p in edit.parameters():
-        p.requires_grad_(False)
-    return EsdResult(pipe, cfg, edit, losses, time.time() - t0)
+        loop.run(step)
+    return EsdResult(pipe, cfg, edit, loop.losses, loop.seconds, loop)
+
+
+def run(model, cfg: EsdConfig, progress=True) -> Artifact:
+    """The registry's entry point: train, return the Artifact, and leave the model as it was
+    (the LoRA is removed / the original weights restored; ``artifact.apply(model)`` re-applies)."""
+    res = train_esd(getattr(model, "pipe", model), cfg, progress=progress)
+    try:
+        return res.artifact()
+    finally:
+        res.edit.remove()

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ...core.artifacts import save_lora_artifact
+from ...core.artifacts import Artifact, lora_edit
 from ...core.denoise import CondTable, Denoiser, encode_images, noisy_state, signal_ratio
 from ...core.families import resolve_sites
 from ...core.sampling import pipe_defaults
-from ...core.training import Checkpointer, EditParams, make_optimizer, step_generator
+from ...core.trainloop import TrainLoop
+from ...core.training import EditParams
 from .config import TRANSPORT_FROM, SliderConfig
 
 
@@ -45,17 +44,32 @@ class SliderResult:
     pipe: object
     config: SliderConfig
     edit: EditParams
-    losses: list[float]
-    seconds: float
+    losses: list[float]   # every step's, those of a resumed checkpoint included
+    seconds: float        # this call's training time
+    loop: TrainLoop | None = None
 
-    def save(self, path: str) -> dict:
+    @property
+    def is_main(self) -> bool:
+        return self.loop is None or self.loop.is_main
+
+    def artifact(self) -> Artifact:
         cfg = self.config
         lora = {"rank": cfg.rank, "alpha": cfg.alpha, "group": cfg.sites, "start": cfg.start,
                 "name": cfg.name, "recommended_scales": [-2, 2],
                 "prompts": [dataclasses.asdict(p) for p in cfg.prompts]}
-        return save_lora_artifact(self.pipe, self.edit.artifact_tensors(), path, "slider",
-                                  cfg.to_dict(), lora=lora,
-                                  extra={"train_seconds": round(self.seconds, 1)})
+        return Artifact([lora_edit(self.pipe, self.edit.artifact_tensors(), "slider", cfg.to_dict(),
+                                   lora=lora, extra={"train_seconds": round(self.seconds, 1)})], [cfg.name])
+
+    def save(self, path: str) -> dict:
+        """Write the artifact (main process; others return {}), then drop a complete run's
+        checkpoint directory."""
+        if not self.is_main:
+            return {}
+        art = self.artifact()
+        art.save(path)
+        if self.loop:
+            self.loop.artifact_written()
+        return art.meta
 
 
 def _load_pairs(pairs) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
@@ -88,14 +102,19 @@ def _load_pairs(pairs) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
 
 
 def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, resume: bool = False,
-                 progress: bool = True, stop_at: int | None = None) -> SliderResult:
+                 progress=True, stop_at: int | None = None) -> SliderResult:
+    """Train; ``stop_at`` ends early after that step (resumable); ``progress``: bool or
+    ``fn(step, total, logs, t)`` (see :class:`~concept_edit.core.trainloop.TrainLoop`)."""
+    loop = TrainLoop(pipe, cfg.iterations, seed=cfg.seed, checkpoint_dir=checkpoint_dir, resume=resume,
+                     every=cfg.checkpoint_every, stop_at=stop_at, progress=progress,
+                     desc=f"slider {cfg.name}")
     dn = Denoiser(pipe)
     paths = [p for g in cfg.site_groups() for p in resolve_sites(pipe, g)]
     edit = EditParams(pipe, paths, mode="lora", rank=cfg.rank, alpha=cfg.alpha, name=cfg.name,
                       conv_rank=cfg.conv_rank or (cfg.rank if cfg.sites == "c3lier" else None),
                       seed=cfg.seed)
     router = edit.router
-    opt = make_optimizer(cfg.optimizer, edit.parameters(), cfg.lr)
+    loop.attach(edit, cfg.optimizer, cfg.lr)
     size = cfg.size or pipe_defaults(pipe)["size"]
     sets = cfg.prompt_sets()
     texts = {t for s in sets for t in (s.target, s.positive, s.unconditional, s.neutral)}
@@ -121,38 +140,24 @@ def train_slider(pipe, cfg: SliderConfig, checkpoint_dir: str | None = None, res
             with router.disabled():
                 prompts = [s.target for s in sets for _ in range(cfg.bank_size)]
                 bank = dn.capture(prompts, steps=cfg.ddim_steps, guidance=cfg.sample_guidance,
-                                  seed=cfg.seed * 7_919 + r * 100_003, height=size, width=size,
-                                  progress=progress)
+                                  seed=cfg.seed * 7_919 + r * 100_003 + loop.rank * 10_007,
+                                  height=size, width=size, progress=loop.bars,
+                                  desc=f"trajectory bank, refresh {r} (every {cfg.bank_refresh} steps)"
+                                  if r else "trajectory bank")
             bank_round = r
         return bank
 
-    ck = Checkpointer(checkpoint_dir)
-    start, losses = 0, []
-    if resume and ck.exists():
-        start, extra = ck.load(edit, opt)
-        losses = list(extra.get("losses", []))
-    t0 = time.time()
-    end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
-    bar = tqdm(range(start, end), desc=f"slider {cfg.name}", initial=start, total=cfg.iterations,
-               disable=not progress)
-    for step in bar:
-        g = step_generator(cfg.seed, step)
+    def step(step, g):
         loss = 0.0
         if sets:
             loss = loss + _text_loss(dn, router, cfg, sets, cond, get_bank, step, g, size)
         if levels:
             loss = loss + _pair_loss(dn, router, cfg, levels, template, cond, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.5f}")
-        if (step + 1) % cfg.checkpoint_every == 0:
-            ck.save(step + 1, edit, opt, {"losses": losses})
-    for p in edit.parameters():
-        p.requires_grad_(False)
+        return loss
+
+    loop.run(step)
     router.set_scale(cfg.name, 1.0)
-    return SliderResult(pipe, cfg, edit, losses, time.time() - t0)
+    return SliderResult(pipe, cfg, edit, loop.losses, loop.seconds, loop)
 
 
 def _text_loss(dn, router, cfg, sets, cond, get_bank, step, g, size):
@@ -209,3 +214,13 @@ def _pair_loss(dn, router, cfg, levels, template, cond, g):
         total = total + w * F.mse_loss(pred, target.to(pred))
     router.set_scale(cfg.name, 1.0)
     return total
+
+
+def run(model, cfg: SliderConfig, progress=True) -> Artifact:
+    """The registry's entry point: train, return the Artifact, and leave the model as it was
+    (the adapter is removed; ``artifact.apply(model)`` puts it back)."""
+    res = train_slider(getattr(model, "pipe", model), cfg, progress=progress)
+    try:
+        return res.artifact()
+    finally:
+        res.edit.remove()
