@@ -24,6 +24,7 @@ _LAZY = {
     "read_artifact_meta": "concept_edit.core.io",
     "ArtifactError": "concept_edit.core.io",
     "labelled_grid": "concept_edit.eval.grid",
+    "sample": "concept_edit.core.sampler",
     "train_slider": "concept_edit.methods.slider",
 }
 

@@ -1,0 +1,425 @@
+"""The Gradio app (app.py): API tests with gradio_client against an in-process launch, and a
+real-browser test in headless Chromium (Debian's ``chromium`` driven by Playwright).
+
+One launch serves the module (the toy world; 10 steps, one image per request). Fixtures: two
+random-direction sliders (one with ``scale_bounds`` in its metadata) and the app's own UCE example.
+Set ``CONCEPT_EDIT_APP_SCREENSHOTS=docs/app`` to also write the README's screenshots.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+import app  # noqa: E402
+
+STEPS = 10
+A, B, C = "dir-a.safetensors", "dir-b.safetensors", "bounded.safetensors"
+UCE = "uce-erase-circle.safetensors"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _random_slider(model, path, seed, name, extra_lora=None):
+    """A LoRA 'slider' with a random direction: visible at scale +-2, made in a second."""
+    import torch
+    from concept_edit.core.artifacts import save_lora_artifact
+
+    router = model.router
+    router.add(name, model.sites("noxattn"), rank=4, alpha=4.0)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in router.parameters(name, "B"):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.03)
+    sd = router.state_dict(name, prefix=model.backbone.denoiser)
+    router.remove(name)
+    lora = {"rank": 4, "alpha": 4.0, "group": "noxattn", "start": 0.2, "name": name,
+            "recommended_scales": [-2, 2], **(extra_lora or {})}
+    save_lora_artifact(model.pipe, sd, str(path), "slider", {"name": name}, lora=lora)
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    import concept_edit as ce
+
+    root = tmp_path_factory.mktemp("app")
+    old_tmp = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio-cache")
+    arts = root / "artifacts"
+    arts.mkdir()
+    model = ce.load()
+    _random_slider(model, arts / A, 1, "dir_a")
+    _random_slider(model, arts / B, 2, "dir_b")
+    _random_slider(model, arts / C, 3, "bounded", {"scale_bounds": [-2, 2]})
+    engine = app.Engine(model, str(arts), app.Limits(queue_size=16))
+    app.example_uce(engine, log=lambda *a: None)
+    demo = app.build_app(engine)
+    port = _free_port()
+    # the launch of `python app.py` (serve) is demo.launch(prevent_thread_lock=True, ...) here
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                ssr_mode=False, theme=app.theme(), css=app.CSS)
+    url = f"http://127.0.0.1:{port}/"
+    client = gradio_client.Client(url, verbose=False, download_files=str(root / "downloads"))
+    yield type("Ctx", (), dict(root=root, arts=arts, engine=engine, demo=demo, url=url, client=client,
+                               model=model))
+    demo.close()
+    if old_tmp is None:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = old_tmp
+
+
+def slide_kwargs(prompt="a red circle", seed=0, steps=STEPS, start=2, sliders=()):
+    kw = dict(prompt=prompt, seed=seed, steps=steps, start_step=start, guidance=5.0, size=64)
+    for i in range(app.N_SLOTS):
+        name, scale = sliders[i] if i < len(sliders) else ("", 0.0)
+        kw[f"slider_{i + 1}"], kw[f"scale_{i + 1}"] = name, scale
+    return kw
+
+
+def _bytes(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _pixels(path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _refused(fn, *words):
+    """The call fails with a clean error whose message holds every word."""
+    with pytest.raises(Exception) as e:
+        fn()
+    msg = str(e.value)
+    assert all(w.lower() in msg.lower() for w in words), msg
+    return msg
+
+
+def _files(arts) -> set[str]:
+    return {f for f in os.listdir(arts) if not f.startswith(".")}
+
+
+# -- API ----------------------------------------------------------------------------------------
+def test_every_endpoint_has_a_stable_api_name(ctx):
+    api = ctx.client.view_api(return_format="dict", print_info=False)
+    named = set(api["named_endpoints"])
+    assert {f"/{n}" for n in app.API_NAMES} <= named, named
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/slide"]["parameters"]]
+    assert params[:6] == ["prompt", "seed", "steps", "start_step", "guidance", "size"]
+
+
+def test_slide_base_and_slider_side_by_side(ctx):
+    base, img, info = ctx.client.predict(**slide_kwargs(sliders=[(A, 2.0)]), api_name="/slide")
+    assert _pixels(base).shape == (64, 64, 3)
+    assert np.abs(_pixels(base).astype(int) - _pixels(img)).mean() > 1.0   # the slider acts
+    assert "timestep" in info and f"start step 2 of {STEPS}" in info
+    # resumed from the base run's state at the start step: the image of a full run with the
+    # slider switched off for its first steps (generate + the artifact's start schedule)
+    import concept_edit as ce
+
+    with ctx.engine.lock:
+        ctx.engine._unload_all()
+        h = ce.apply_artifact(ctx.model.pipe, str(ctx.arts / A), scale=2.0, start=2 / STEPS, name="ref")
+        try:
+            ref = ce.generate(ctx.model.pipe, ce.SampleSettings(prompt="a red circle", n=1, seed=0, steps=STEPS,
+                                                                guidance=5.0, height=64, width=64), progress=False)
+        finally:
+            h.remove()
+    assert np.array_equal(ref[0], _pixels(img))
+    base0, img0, _ = ctx.client.predict(**slide_kwargs(sliders=[(A, 0.0)]), api_name="/slide")
+    assert _bytes(base0) == _bytes(base) and _bytes(img0) == _bytes(base)    # scale 0: the base
+    # the start past the last step: the slider never acts
+    _, late, info = ctx.client.predict(**slide_kwargs(start=STEPS, sliders=[(A, 2.0)]), api_name="/slide")
+    assert _bytes(late) == _bytes(base) and "never act" in info
+    # more steps than the page's default (the widgets' server-side bounds are the widest)
+    _, _, info = ctx.client.predict(**slide_kwargs(steps=ctx.engine.steps + 2, start=ctx.engine.steps + 1,
+                                                   sliders=[(A, 1.0)]), api_name="/slide")
+    assert f"start step {ctx.engine.steps + 1} of {ctx.engine.steps + 2}" in info
+
+
+def test_strip_over_scales(ctx):
+    path = ctx.client.predict(**slide_kwargs(sliders=[(A, 1.0), (B, 1.0)]), api_name="/strip")
+    grid = _pixels(path)
+    assert grid.shape[1] > 5 * 128 and grid.shape[0] > 128       # five labelled tiles in a row
+
+
+def test_concurrent_requests_equal_one_at_a_time(ctx):
+    """8 concurrent API requests (different scales, seeds, starts; some compose two sliders)
+    return byte-identical images to the same requests one at a time; the same holds for 8
+    threads calling the engine directly (no queue: the lock alone keeps them apart)."""
+    reqs = [slide_kwargs(seed=i, start=i % 3, sliders=[(A, s)] + ([(B, -s)] if i % 2 else []))
+            for i, s in enumerate([-2.0, -1.5, -1.0, -0.5, 0.5, 1.0, 1.5, 2.0])]
+    ctx.engine._base.clear()
+    jobs = [ctx.client.submit(**kw, api_name="/slide") for kw in reqs]
+    together = [job.result(timeout=300) for job in jobs]
+    ctx.engine._base.clear()
+    alone = [ctx.client.predict(**kw, api_name="/slide") for kw in reqs]
+    for t, a in zip(together, alone):
+        assert _bytes(t[0]) == _bytes(a[0]) and _bytes(t[1]) == _bytes(a[1])
+    assert len({_bytes(a[1]) for a in alone}) == len(reqs)       # the requests really differ
+
+    def call(kw):
+        pairs = [(kw[f"slider_{i}"], kw[f"scale_{i}"]) for i in range(1, 5)]
+        return ctx.engine.slide(kw["prompt"], kw["seed"], kw["steps"], kw["start_step"], kw["guidance"],
+                                kw["size"], pairs)[1]
+
+    out = [None] * len(reqs)
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, call(reqs[i]))) for i in range(len(reqs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(300)
+    for i, kw in enumerate(reqs):
+        assert np.array_equal(out[i], _pixels(alone[i][1])), f"request {i} differs when threaded"
+
+
+def test_paths_outside_the_artifacts_folder_are_refused(ctx, tmp_path):
+    c = ctx.client
+    for bad in ("../" + A, "/etc/passwd", str(ctx.arts / A) + "/../../x.safetensors", "sub/../../../x.safetensors"):
+        _refused(lambda: c.predict(**slide_kwargs(sliders=[(bad, 1.0)]), api_name="/slide"), "outside")
+        _refused(lambda: c.predict(edit=bad, prompt="a circle", seed=0, n=1, steps=STEPS, api_name="/erase"),
+                 "outside")
+    outside = tmp_path / "outside.safetensors"            # a real artifact, but outside the folder
+    shutil.copyfile(ctx.arts / A, outside)
+    link = ctx.arts / "link.safetensors"
+    os.symlink(outside, link)
+    try:
+        _refused(lambda: c.predict(**slide_kwargs(sliders=[(link.name, 1.0)]), api_name="/slide"), "outside")
+        _refused(lambda: c.predict(**slide_kwargs(sliders=[(str(outside), 1.0)]), api_name="/slide"), "outside")
+    finally:
+        link.unlink()
+    _refused(lambda: c.predict(**slide_kwargs(sliders=[("nope.safetensors", 1.0)]), api_name="/slide"),
+             "no such file")
+    _refused(lambda: c.predict(**slide_kwargs(sliders=[(UCE, 1.0)]), api_name="/slide"), "not a slider")
+
+
+def test_bad_input_gets_a_clean_message_and_the_app_keeps_serving(ctx):
+    c, before = ctx.client, _files(ctx.arts)
+    _refused(lambda: c.predict(**slide_kwargs(prompt="   "), api_name="/slide"), "prompt is empty")
+    _refused(lambda: c.predict(**slide_kwargs(sliders=[(A, 7.0)]), api_name="/slide"), "7")
+    # inside the page's -6..6 but outside the file's own bounds (-2..2): the server checks it
+    _refused(lambda: c.predict(**slide_kwargs(sliders=[(A, 0.0), (C, 3.0)]), api_name="/slide"),
+             "between -2 and 2")
+    _refused(lambda: c.predict(**slide_kwargs(steps=500), api_name="/slide"), "500", "100")  # gradio's check
+    _refused(lambda: c.predict(**slide_kwargs(start=STEPS + 1), api_name="/slide"), "start step")
+    _refused(lambda: c.predict(**slide_kwargs(sliders=[(A, 1.0), (A, 1.0)]), api_name="/slide"), "twice")
+    _refused(lambda: c.predict(edit=UCE, prompt="a circle", seed=0, n=100, steps=STEPS, api_name="/erase"),
+             "100", str(ctx.engine.limits.max_n))
+    _refused(lambda: c.predict(name="x", target="a {}", positive="", negative="a small {}", fill="circle",
+                               iterations=2, api_name="/train"), "positive prompt is empty")
+    _refused(lambda: c.predict(name="x", target="a {}", positive="a large {}", negative="a small {}",
+                               fill="circle", iterations=10**6, api_name="/train"),
+             str(ctx.engine.limits.max_iterations))
+    base, img, _ = c.predict(**slide_kwargs(sliders=[(A, 1.0)]), api_name="/slide")   # still serving
+    assert os.path.exists(img)
+    assert _files(ctx.arts) == before
+
+
+def test_uploads_must_be_our_safetensors(ctx, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    c, before = ctx.client, _files(ctx.arts)
+    up = lambda p: c.predict(gradio_client.handle_file(str(p)), api_name="/upload")  # noqa: E731
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello, not tensors")
+    _refused(lambda: up(text), "not a safetensors file")
+    pickle = tmp_path / "pickled.safetensors"
+    torch.save({"w": torch.zeros(2)}, pickle)
+    _refused(lambda: up(pickle), "pickled", "never unpickles")
+    pt = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(2)}, pt)
+    _refused(lambda: up(pt), ".safetensors")
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, plain)
+    _refused(lambda: up(plain), "no concept_edit metadata")
+    # an artifact for another model: same file, other base weights in its header
+    with safe_open(str(ctx.arts / A), "pt") as f:
+        meta = dict(f.metadata())
+    ce_meta = json.loads(meta["concept_edit"])
+    ce_meta["base"]["fingerprint"] = "0" * 16
+    other = tmp_path / "other-model.safetensors"
+    save_file(load_file(str(ctx.arts / A)), other, metadata={**meta, "concept_edit": json.dumps(ce_meta)})
+    _refused(lambda: up(other), "other base weights")
+    ce_meta["base"]["family"] = "sdxl"
+    save_file(load_file(str(ctx.arts / A)), other, metadata={**meta, "concept_edit": json.dumps(ce_meta)})
+    _refused(lambda: up(other), "sdxl")
+    assert _files(ctx.arts) == before                                # nothing was written
+    good = tmp_path / "my slider!.safetensors"
+    shutil.copyfile(ctx.arts / A, good)
+    msg = up(good)
+    assert "my-slider.safetensors" in msg
+    rows = c.predict(api_name="/artifacts")
+    assert "my-slider.safetensors" in [r[0] for r in rows["data"]]
+    c.predict(**slide_kwargs(sliders=[("my-slider.safetensors", 1.0)]), api_name="/slide")
+    os.remove(ctx.arts / "my-slider.safetensors")
+
+
+def test_erasure_ab_with_classifier_labels(ctx):
+    base, edited, text = ctx.client.predict(edit=UCE, prompt="a circle", seed=0, n=2, steps=STEPS,
+                                            api_name="/erase")
+    assert len(base) == len(edited) == 2
+    assert all(item["caption"] and " · " in item["caption"] for item in base + edited)
+    assert "'circle' seen by the toy classifier" in text
+    assert _bytes(base[0]["image"]) != _bytes(edited[0]["image"])
+    _refused(lambda: ctx.client.predict(edit=A, prompt="a circle", seed=0, n=1, steps=STEPS, api_name="/erase"),
+             "is a slider")
+
+
+def test_train_a_slider_and_it_appears_in_the_list(ctx):
+    msg = ctx.client.predict(name="tiny test", target="a {}", positive="a large {}", negative="a small {}",
+                             fill="circle", iterations=2, api_name="/train")
+    assert "slider-tiny-test.safetensors" in msg
+    rows = ctx.client.predict(api_name="/artifacts")["data"]
+    row = next(r for r in rows if r[0] == "slider-tiny-test.safetensors")
+    assert row[1:3] == ["lora", "slider"]
+    assert ("slider-tiny-test.safetensors", "slider-tiny-test.safetensors") in ctx.engine.slider_choices()
+    ctx.client.predict(**slide_kwargs(sliders=[("slider-tiny-test.safetensors", 2.0)]), api_name="/slide")
+
+
+def test_a_full_queue_refuses_cleanly(ctx):
+    """With the model busy (its lock held here), one request runs, one waits, the rest are
+    refused with gradio's 'queue is full'; then the app serves again."""
+    small = app.build_app(ctx.engine, queue_size=1)
+    port = _free_port()
+    small.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, ssr_mode=False)
+    try:
+        c = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False,
+                                 download_files=str(ctx.root / "downloads-small"))
+        with ctx.engine.lock:
+            jobs = [c.submit(**slide_kwargs(seed=100 + i, sliders=[(A, 1.0)]), api_name="/slide") for i in range(5)]
+            deadline = time.time() + 60
+            while sum(j.done() for j in jobs) < 3 and time.time() < deadline:   # the refused ones
+                time.sleep(0.1)
+        errors, served = [], 0
+        for j in jobs:
+            try:
+                j.result(timeout=300)
+                served += 1
+            except Exception as e:  # noqa: BLE001 - the client's error type for a refused job
+                errors.append(str(e))
+        # one runs (blocked on the lock) and one waits; if the second arrived before the first
+        # left the queue it is refused too: either way a full queue refusing cleanly
+        assert served in (1, 2) and len(errors) == 5 - served, (errors, served)
+        assert all("full" in e.lower() for e in errors), errors
+        assert os.path.exists(c.predict(**slide_kwargs(sliders=[(A, 1.0)]), api_name="/slide")[1])
+    finally:
+        small.close()
+
+
+def test_first_start_examples_and_path_helpers(ctx, tmp_path):
+    """An empty folder on another model gets instructions, not a crash; names are sanitised."""
+    assert app.safe_name("../../etc/passwd") == "etc-passwd"
+    assert app.safe_name("") == "artifact"
+    e = app.Engine(ctx.model, str(tmp_path / "empty"))
+    e.toy = False
+    said = []
+    app.make_examples(e, log=said.append)
+    assert "empty" in said[0] and not os.listdir(tmp_path / "empty")
+
+
+# -- a real browser ------------------------------------------------------------------------------
+def _chromium() -> str | None:
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _small_png(page, path, **kw):
+    from PIL import Image
+
+    page.screenshot(path=str(path), **kw)
+    Image.open(path).convert("RGB").quantize(colors=96).save(path, optimize=True)
+
+
+def screenshot_tabs(page, outdir, sliders_png=None, train_iterations=None):
+    """The README's screenshots (docs/app/*.png) of a loaded page: every working tab."""
+    os.makedirs(outdir, exist_ok=True)
+    if sliders_png:
+        shutil.copyfile(sliders_png, os.path.join(outdir, "sliders.png"))
+    else:
+        _small_png(page, os.path.join(outdir, "sliders.png"), full_page=True)
+    page.get_by_role("tab", name="Erasure A/B").click()
+    page.get_by_role("button", name="Compare").click()
+    page.wait_for_selector("#edit-gallery img", timeout=120_000)
+    page.wait_for_timeout(500)
+    _small_png(page, os.path.join(outdir, "erasure.png"), full_page=True)
+    page.get_by_role("tab", name="Train a slider").click()
+    if train_iterations:   # show the progress bar, then the result
+        page.locator("#train-iterations input[type=number]").fill(str(train_iterations))
+        page.locator("#train-iterations input[type=number]").press("Enter")
+        page.get_by_role("button", name="Train").click()
+        page.wait_for_selector(".progress-level, .progress-text, .eta-bar", timeout=120_000)
+        page.wait_for_timeout(4000)
+        _small_png(page, os.path.join(outdir, "train.png"))
+        page.wait_for_selector("#train-status :text('Trained')", timeout=600_000)
+    else:
+        page.wait_for_timeout(500)
+        _small_png(page, os.path.join(outdir, "train.png"))
+    page.get_by_role("tab", name="Artifacts").click()
+    page.wait_for_timeout(500)
+    _small_png(page, os.path.join(outdir, "artifacts.png"))
+
+
+def test_browser_loads_moves_a_slider_generates_and_screenshots(ctx, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' (playwright)")
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no chromium: `make install-test` installs Debian's chromium + chromium-driver")
+    shots = os.environ.get("CONCEPT_EDIT_APP_SCREENSHOTS")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            t0 = time.perf_counter()
+            page.goto(ctx.url)
+            page.wait_for_selector("#slider-image img", timeout=120_000)       # the first image
+            first = time.perf_counter() - t0
+            src = page.get_attribute("#slider-image img", "src")
+            rng = page.locator("#slider-scale-1 input[type=range]")
+            lo, hi = float(rng.get_attribute("min")), float(rng.get_attribute("max"))
+            assert (lo, hi) == (-2.0, 2.0)                  # narrowed to the picked file's bounds
+            assert page.locator("#start-step input[type=range]").get_attribute("max") == str(ctx.engine.steps)
+            box = rng.bounding_box()
+            at = min(max((float(rng.input_value()) - lo) / (hi - lo), 0.03), 0.97)   # on the track
+            x0, y = box["x"] + box["width"] * at, box["y"] + box["height"] / 2
+            t1 = time.perf_counter()
+            page.mouse.move(x0, y)                                             # on the thumb
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.2, y, steps=10)        # a drag: no request yet
+            page.mouse.up()                                                    # release: one request
+            page.wait_for_function("s => { const i = document.querySelector('#slider-image img');"
+                                   " return i && i.src !== s; }", arg=src, timeout=120_000)
+            moved = time.perf_counter() - t1
+            scale = float(page.input_value("#slider-scale-1 input[type=number]"))
+            assert scale < 0, scale
+            page.get_by_role("button", name="Generate").click()
+            page.wait_for_selector("#strip-image img", timeout=120_000)
+            _small_png(page, tmp_path / "sliders.png", full_page=True)
+            assert (tmp_path / "sliders.png").stat().st_size > 10_000
+            print(f"\n[browser] page load -> first image {first:.2f} s; slider release -> new image "
+                  f"{moved:.2f} s (default {ctx.engine.steps} steps)")
+            if shots:
+                screenshot_tabs(page, shots, tmp_path / "sliders.png")
+        finally:
+            browser.close()
