@@ -6,10 +6,11 @@ import pytest
 
 from concept_edit.methods.esd import EsdConfig
 from concept_edit.methods.slider import SliderConfig
+from concept_edit.eval.audit import AuditConcept
 from concept_edit.methods.uce import UceConfig
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
-CLASSES = {"esd": EsdConfig, "sliders": SliderConfig, "uce": UceConfig}
+CLASSES = {"esd": EsdConfig, "sliders": SliderConfig, "uce": UceConfig, "audit": AuditConcept}
 FILES = sorted(glob.glob(os.path.join(ROOT, "*", "*.yaml")))
 
 

@@ -27,7 +27,7 @@ def test_registries_resolve_in_a_fresh_process():
     Python used to fail with 'unknown scorer')."""
     code = ("import sys\nfrom concept_edit.methods import METHODS\nfrom concept_edit.scorers import SCORERS\n"
             "assert 'torch' not in sys.modules\n"
-            "assert METHODS.names() == ['esd', 'slider', 'uce'] and SCORERS.names() == ['clip', 'toy', 'toy-clip']\n"
+            "assert {'esd', 'slider', 'uce'} <= set(METHODS.names()) and {'clip', 'toy', 'toy-clip'} <= set(SCORERS.names())\n"
             "for n in METHODS.names():\n    m = METHODS.get(n)\n    assert m.config.__name__.endswith('Config')\n"
             "assert 'torch' not in sys.modules\n"
             "from concept_edit.scorers import get_scorer\n"

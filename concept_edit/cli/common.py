@@ -197,15 +197,15 @@ def check_safetensors(path: str, what: str) -> None:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
             head = f.read(8)
-            if head[:2] == b"PK" or head[:1] == b"\x80":
-                raise UsageError(f"{what} {path} is a pickled checkpoint; concept_edit never unpickles: "
-                                 "convert it to .safetensors (safetensors.torch.save_file) and pass that")
-            if len(head) < 8:
-                raise ValueError("shorter than a safetensors header")
-            n = struct.unpack("<Q", head)[0]
-            if n <= 1 or n > min(size - 8, 100_000_000):
-                raise ValueError("no valid safetensors header")
-            header = json.loads(f.read(n))
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            body = f.read(n) if 1 < n <= min(size - 8, 100_000_000) else b""
+            if not body.startswith(b"{"):  # not a header: say what it is when we can tell
+                if head[:2] == b"PK" or head[:1] == b"\x80":
+                    raise UsageError(f"{what} {path} is a pickled checkpoint; concept_edit never unpickles: "
+                                     "convert it to .safetensors (safetensors.torch.save_file) and pass that")
+                raise ValueError("no valid safetensors header" if len(head) == 8 else
+                                 "shorter than a safetensors header")
+            header = json.loads(body)
             if not isinstance(header, dict):
                 raise ValueError("no valid safetensors header")
     except (ValueError, OSError, UnicodeDecodeError) as e:
