@@ -3,9 +3,15 @@
     python scripts/toy_quality.py uce    [--seeds 64] [--out out/quality]
     python scripts/toy_quality.py esd    [--seeds 64]
     python scripts/toy_quality.py slider [--seeds 64]
+    python scripts/toy_quality.py uce --config configs/uce/erase-circle.yaml [--set preserve_tokens=last]
+    python scripts/toy_quality.py esd --config configs/esd/toy-red-x.yaml [--name red-x] [--set iterations=600]
 
 Every edit is made with the public API / CLI code paths and scored with the toy classifier on
-fixed seeds (base and edited images share their noise).
+fixed seeds (base and edited images share their noise). Erasure rows carry the in-prompt
+retention columns (issue 14): on full prompts that name the erased concept with every other
+attribute, each other attribute's rate edited / base on the same seeds, and the value that
+replaces the concept most often with its share of the replaced samples. ``--config`` measures
+config files (with ``--set`` overrides) instead of the built-in trial list.
 """
 from __future__ import annotations
 
@@ -75,6 +81,40 @@ KEEP = {"circle": ["square", "triangle", "star"], "red": ["green", "blue", "yell
         "striped": ["plain", "dotted"]}
 
 
+def retention_row(rep: dict) -> dict:
+    """The table columns of one erasure report (the in-prompt columns of issue 14)."""
+    row = {"concept_shown": [round(rep["target"]["base"], 3), round(rep["target"]["edited"], 3)],
+           "keep_other_values": round(rep["others"]["keep_ratio"], 3),
+           "other_attr_points": {k[:-4]: round(v["delta_points"], 1) for k, v in rep["others"].items()
+                                 if k.endswith("_acc")}}
+    ip = rep.get("in_prompt")
+    if ip:
+        row["in_prompt_shown"] = [round(ip["concept_shown"]["base"], 3), round(ip["concept_shown"]["edited"], 3)]
+        row["in_prompt_ratio"] = {a: round(v["ratio"], 3) for a, v in ip["attributes"].items()}
+        row["min_ratio"] = round(ip["min_ratio"], 3)
+        rp = ip["replacement"]
+        row["replacement"] = {"top": rp["top"], "top_share": round(rp["top_share"], 3), "n": rp["n"]}
+    return row
+
+
+def print_row(name: str, concept: str, row: dict) -> None:
+    r = row.get("in_prompt_ratio", {})
+    rp = row.get("replacement", {})
+    print(f"ROW {name} [{concept}] shown {row['concept_shown'][0]:.2f}->{row['concept_shown'][1]:.2f} "
+          f"keep {row['keep_other_values']:.3f} pts {row['other_attr_points']} | in-prompt "
+          + " ".join(f"{a} {v:.2f}" for a, v in r.items())
+          + f" | top {rp.get('top')} {rp.get('top_share', 0):.2f} of {rp.get('n', 0)}", flush=True)
+
+
+def existing(a, name) -> dict:
+    """--config runs add their trials to the JSON of earlier runs (same --out)."""
+    path = os.path.join(a.out, name + ".json")
+    if a.config and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {}
+
+
 def save(out, name, obj):
     from concept_edit.core.io import atomic_write_text
 
@@ -87,7 +127,7 @@ def run_uce(pipe, a):
     from concept_edit.methods.uce import UceConfig, uce_edit
 
     clf = load_classifier()
-    bases, results = {}, {}
+    bases, results = {}, existing(a, "uce")
 
     def report(name, concepts, cfg):
         if a.only and name not in a.only:
@@ -97,14 +137,23 @@ def run_uce(pipe, a):
         secs = time.time() - t0
         path = os.path.join(a.out, f"uce-{name}.safetensors")
         res.save(path)
-        rows = {}
+        rows, table = {}, {}
         for c in concepts:
             rep = erasure_report(pipe, CONCEPTS[c], edit=path, seeds=a.seeds, clf=clf, base=bases.get(c),
-                                 n_target=a.n_target, n_other=a.n_other)
+                                 n_target=a.n_target, n_other=a.n_other, n_retain=a.n_retain)
             bases[c] = rep["_base"]
             rows[c] = strip(rep)
-        results[name] = {"config": cfg.to_dict(), "solve_seconds": round(secs, 2), "reports": rows}
+            table[c] = retention_row(rep)
+            print_row(name, c, table[c])
+        results[name] = {"config": cfg.to_dict(), "solve_seconds": round(secs, 2), "table": table,
+                         "reports": rows}
         save(a.out, "uce", results)
+
+    if a.config:
+        for f in a.config:
+            cfg = with_overrides(UceConfig.from_yaml(f), a.set)
+            report(a.name or os.path.splitext(os.path.basename(f))[0], concepts_of(cfg.edit, a), cfg)
+        return
 
     for policy in ("last", "last+eos", "all"):
         report(f"circle-{policy}", ["circle"], uce_cfg(["circle"], a, policy))
@@ -138,6 +187,14 @@ def run_uce(pipe, a):
     save(a.out, "uce", results)
 
 
+def concepts_of(words, a) -> list[str]:
+    """The measured concepts of a config: --concepts, else the toy concepts its edit names."""
+    if a.concepts:
+        return a.concepts
+    text = " ".join(str(w if isinstance(w, str) else w.get("concept", "")) for w in words).split()
+    return [c for c in ("circle", "red", "striped") if c in text]
+
+
 def with_overrides(cfg, pairs: list[str]):
     """``--set KEY=VALUE`` (YAML values) applied through the config's strict ``replace``."""
     import yaml
@@ -152,26 +209,40 @@ def run_esd(pipe, a):
     from concept_edit.methods.esd import EsdConfig, train_esd
 
     clf = load_classifier()
-    bases, results = {}, {}
+    bases, results = {}, existing(a, "esd")
     base_cfg = EsdConfig.from_yaml("configs/esd/toy-circle-x.yaml")
 
     def trial(name, concepts, base=None, **kw):
         if a.only and name not in a.only:
             return
         cfg = with_overrides((base or base_cfg).replace(concepts=concepts, **kw), a.set)
-        res = train_esd(pipe, cfg, progress=True)
         path = os.path.join(a.out, f"esd-{name}.safetensors")
-        res.save(path)
-        res.edit.remove()
-        rows = {}
-        for c in cfg.concept_names():
+        if a.reuse and os.path.exists(path):  # re-measure a trained file (its training row is kept)
+            res = None
+        else:
+            res = train_esd(pipe, cfg, progress=True)
+            res.save(path)
+            res.edit.remove()
+        rows, table = {}, {}
+        for c in concepts_of(cfg.concept_names(), a):
             rep = erasure_report(pipe, CONCEPTS[c], edit=path, seeds=a.seeds, clf=clf, base=bases.get(c),
-                                 n_target=a.n_target, n_other=a.n_other)
+                                 n_target=a.n_target, n_other=a.n_other, n_retain=a.n_retain)
             bases[c] = rep["_base"]
             rows[c] = strip(rep)
-        results[name] = {"config": cfg.to_dict(), "train_seconds": round(res.seconds, 1),
-                         "final_loss": res.losses[-1], "reports": rows}
+            table[c] = retention_row(rep)
+            print_row(name, c, table[c])
+        prev = results.get(name, {})
+        results[name] = {"config": cfg.to_dict(),
+                         "train_seconds": round(res.seconds, 1) if res else prev.get("train_seconds"),
+                         "final_loss": res.losses[-1] if res else prev.get("final_loss"),
+                         "seeds": a.seeds, "table": table, "reports": rows}
         save(a.out, "esd", results)
+
+    if a.config:
+        for f in a.config:
+            cfg = EsdConfig.from_yaml(f)
+            trial(a.name or os.path.splitext(os.path.basename(f))[0], cfg.concepts, base=cfg)
+        return
 
     trial("x-circle", ["circle"])
     trial("u-circle", ["circle"], variant="u")
@@ -247,17 +318,24 @@ def main():
     ap.add_argument("--debias-samples", type=int, default=48)
     ap.add_argument("--n-target", type=int, default=4, help="prompts naming the concept")
     ap.add_argument("--n-other", type=int, default=8, help="full prompts naming other values")
+    ap.add_argument("--n-retain", type=int, default=8,
+                    help="full prompts naming the concept for the in-prompt retention columns (0 = skip)")
+    ap.add_argument("--config", nargs="*", default=[],
+                    help="uce/esd: measure these config files (with --set overrides), not the built-in trials")
+    ap.add_argument("--name", default="", help="with --config: the trial's name (default: the file's stem)")
+    ap.add_argument("--concepts", nargs="*", default=[],
+                    help="with --config: concepts to measure (default: circle/red/striped as the config names them)")
     ap.add_argument("--only", nargs="*", default=[], help="run only these trials (names as in the JSON)")
     ap.add_argument("--slider-prompts", type=int, default=8, help="every k-th of the 8 sweep prompts")
     ap.add_argument("--start", type=float, nargs="*", default=[],
                     help="slider start fractions to evaluate (default: each file's recommended start)")
     ap.add_argument("--scales", type=float, nargs="+", default=[-2, -1, 0, 1, 2],
                     help="slider scales swept (a quick screen: -2 0 2)")
-    ap.add_argument("--reuse", action="store_true", help="evaluate existing slider files, no training")
+    ap.add_argument("--reuse", action="store_true", help="evaluate existing slider / ESD files, no training")
     ap.add_argument("--no-sweep", action="store_true", help="train/reuse sliders, no per-slider sweep")
     ap.add_argument("--compose", action="store_true", help="composition report with --only size stripes")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="override slider / ESD config keys (YAML values), e.g. --set train_after_start=true")
+                    help="override slider / ESD / UCE (--config) keys (YAML values), e.g. --set train_after_start=true")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

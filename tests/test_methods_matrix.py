@@ -1,6 +1,9 @@
 """The generic method contract over (registered method x family): two training steps (or one
 solve), ``run -> Artifact`` leaves the model as it was, save, load, apply, remove equals base
 exactly, and the file loads in plain diffusers where diffusers can load it."""
+import os
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +21,9 @@ TINY = {
     "slider": {"prompts": [{"target": "a circle", "positive": "a large circle",
                             "unconditional": "a small circle"}],
                "iterations": 2, "bank_size": 2, "ddim_steps": 4, "seed": 1},
+    "sliderspace": {"prompts": ["a circle"], "samples": 4, "components": 2, "iterations": 2, "steps": 2,
+                    "sign_samples": 1, "seed": 1,
+                    "cache_dir": os.path.join(tempfile.gettempdir(), "concept-edit-test-sliderspace")},
 }
 
 
@@ -40,7 +46,7 @@ def test_method_contract(tiny_pipe, tiny_dirs, family, method, tmp_path):
     assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
     assert np.array_equal(generate(pipe, s, progress=False), base)        # run leaves no edit on
     path = str(tmp_path / f"{method}.safetensors")
-    art.save(path)
+    files = art.save(path)  # several edits (sliderspace): a directory of files
     loaded = Artifact.load(path)
     assert loaded.meta == art.meta and loaded.edits[0].tensors.keys() == art.edits[0].tensors.keys()
     h = loaded.apply(pipe, scale=1.0)
@@ -48,7 +54,7 @@ def test_method_contract(tiny_pipe, tiny_dirs, family, method, tmp_path):
     h.remove()
     assert np.array_equal(generate(pipe, s, progress=False), base)        # remove = base, exactly
     assert edited.shape == base.shape
-    _plain_diffusers(tiny_dirs(family), family, path, art.meta["kind"])
+    _plain_diffusers(tiny_dirs(family), family, files[0], art.meta["kind"])
 
 
 def _plain_diffusers(d, family, path, kind):

@@ -23,7 +23,7 @@ ERROR_TYPES = ("UsageError", "ConfigError", "ArtifactError", "ModelLoadError", "
 
 def build_parser() -> Parser:
     from .. import __version__
-    from . import esd, generate, slider, toyworld, uce
+    from . import audit, distill, esd, generate, slider, sliderspace, toyworld, uce
 
     p = Parser(prog="concept-edit", description="Edit concepts inside text-to-image diffusion models: "
                "erase (ESD, UCE), slide (Concept Sliders), audit. Every command runs offline on the "
@@ -53,7 +53,10 @@ def build_parser() -> Parser:
     uce.add_cli(sub)
     esd.add_cli(sub)
     slider.add_cli(sub)
+    sliderspace.add_cli(sub)
     toyworld.add_cli(sub)
+    audit.add_cli(sub)
+    distill.add_cli(sub)
     return p
 
 

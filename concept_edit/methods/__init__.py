@@ -4,7 +4,7 @@ Example::
 
     >>> from concept_edit.methods import METHODS
     >>> METHODS.names()
-    ['esd', 'slider', 'uce']
+    ['esd', 'slider', 'sliderspace', 'uce']
     >>> m = METHODS.get("uce")              # imports concept_edit.methods.uce (light) only now
     >>> cfg = m.config(edit=["circle"])
     >>> art = m.run(model, cfg)             # -> Artifact
@@ -17,4 +17,5 @@ METHODS = Registry("method", {
     "uce": "concept_edit.methods.uce:METHOD",
     "esd": "concept_edit.methods.esd:METHOD",
     "slider": "concept_edit.methods.slider:METHOD",
+    "sliderspace": "concept_edit.methods.sliderspace:METHOD",
 })

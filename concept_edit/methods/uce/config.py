@@ -15,6 +15,7 @@ from ...core.config import ConfigError, StrictConfig, field
 
 MODES = ("erase", "moderate", "debias")
 TOKEN_POLICIES = ("last", "last+eos", "all")
+PRESERVE_TOKENS = ("all", "last")
 
 
 @dataclasses.dataclass
@@ -27,7 +28,12 @@ class UceConfig(StrictConfig):
                                   "t = g + guide_eta (g - c); 0 = the reference's targets")
     guide_etas: list[float] = field([], "one guide_eta per edited concept (overrides guide_eta); "
                                         "attributes often want 0 where objects want 1")
-    preserve: list[str] = field([], "concepts whose keys/values must not move ('' is always kept)")
+    preserve: list[str] = field([], "concepts whose keys/values must not move (expanded by the templates)")
+    preserve_tokens: str = field("all", "rows of each preserved prompt: all (every token: the paper-era "
+                                        "reference) | last (the preserved concept's last token: the "
+                                        "current reference)")
+    preserve_empty: bool = field(True, "also preserve '' (the paper-era reference; the current "
+                                       "reference does not)")
     erase_scale: float = field(1.0, "s_e: weight of the edit constraints")
     preserve_scale: float = field(1.0, "s_p: weight of the preserve constraints")
     lamb: float = field(0.5, "lambda: ridge toward the original weights")
@@ -48,6 +54,9 @@ class UceConfig(StrictConfig):
     seed: int = field(0, "seed of debias sampling")
 
     def check(self) -> None:
+        if self.preserve_tokens not in PRESERVE_TOKENS:
+            raise ConfigError(f"preserve_tokens must be one of {', '.join(PRESERVE_TOKENS)}, "
+                              f"got {self.preserve_tokens!r}")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.token_policy not in TOKEN_POLICIES:

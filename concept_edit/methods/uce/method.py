@@ -69,7 +69,7 @@ class UceResult:
 class InputCapture:
     """Inputs of the edited layers for batches of prompts (the hook layer does the reading)."""
 
-    def __init__(self, pipe, paths: list[str], static: bool, timesteps: list[int], seed: int,
+    def __init__(self, pipe, paths: list[str], static: bool, timesteps=(999, 750, 500, 250, 1), seed: int = 0,
                  context_steps: int = 25):
         """``static``: the edited layers read text only (one capture suffices). Otherwise the
         inputs are captured along a ``context_steps`` trajectory of '' and the states nearest to
@@ -161,10 +161,22 @@ def _span_aligned(spans, policy: str) -> tuple[list[int], list[int], list[int]]:
     return src, dst, keep
 
 
-def _preserve_positions(pos, policy: str) -> list[int]:
-    """Every token of a preserved prompt, whatever the edit policy: "a green circle" keeps the
-    key/value of 'green' too (erasing 'red' would otherwise drag its neighbour along)."""
-    return pos.all()
+def _preserve_positions(pos, policy: str = "all", spans=None) -> list[int]:
+    """Rows of a preserved prompt, whatever the edit policy.
+
+    ``all`` (default; the paper-era reference): every token, so "a green circle" keeps the
+    key/value of 'green' too (erasing 'red' would otherwise drag its neighbour along).
+    ``last`` (the current reference): the preserved concept's last token only; ``spans`` are
+    ``diff_spans`` of the prompt against its template without the concept (one list per
+    template/concept pair that wrote the prompt), so in "a square on a plain background" it is
+    'square'; for a bare concept it is the prompt's last word token, and for '' the token before
+    EOS (CLIP: BOS), as the reference's ``attention_mask.sum() - 2``.
+    """
+    if policy == "all":
+        return pos.all()
+    if not spans:
+        return list(pos.last)
+    return sorted({off + min(s + n_c - 1, length - 1) for sp in spans for off, length, s, n_c, _ in sp})
 
 
 def expand(concept: str, templates: list[str]) -> list[str]:
@@ -184,7 +196,14 @@ def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[
             guide_prompts.append([" ".join(t.format(g.strip()).split()) for g in alts])
             if cfg.mode == "debias":
                 attr_prompts.append([t.format(f"{a} {concept}") for a in cfg.attributes])
-    keep_prompts = sorted({p for c in cfg.preserve for p in expand(c, cfg.templates)} | {""})
+    # preserved prompt -> the (template, concept) pairs that wrote it ('' = the empty prompt)
+    keep_src: dict[str, set] = {}
+    for c in cfg.preserve:
+        for t in (cfg.templates if c else ["{}"]):
+            keep_src.setdefault(t.format(c) if c else "", set()).add((t, c))
+    if cfg.preserve_empty:
+        keep_src.setdefault("", set()).add(("{}", ""))
+    keep_prompts = sorted(keep_src)
     flat_attr = [p for ps in attr_prompts for p in ps]
     uniq = list(dict.fromkeys(edit_prompts + [g for gs in guide_prompts for g in gs] + keep_prompts
                               + flat_attr))
@@ -192,6 +211,9 @@ def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[
     idx = {p: i for i, p in enumerate(uniq)}
     seq = next(iter(X.values())).shape[2]
     pos = {p: token_positions(pipe, p, seq) for p in uniq}
+    keep_spans = {} if cfg.preserve_tokens == "all" else {
+        q: [diff_spans(pipe, q, " ".join(t.format("").split()), seq) for t, c in sorted(src) if c]
+        for q, src in keep_src.items()}
     systems, etas = {}, cfg.etas()
     for key, Xk in X.items():
         ce, tt, cp = [], [], []
@@ -218,7 +240,7 @@ def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[
             if keep:
                 cp.append(_rows(xp, keep))
         for q in keep_prompts:
-            cp.append(_rows(Xk[idx[q]], _preserve_positions(pos[q], cfg.token_policy)))
+            cp.append(_rows(Xk[idx[q]], _preserve_positions(pos[q], cfg.preserve_tokens, keep_spans.get(q))))
         systems[key] = (torch.cat(ce), torch.cat(tt), torch.cat(cp) if cp else None)
     return systems
 
