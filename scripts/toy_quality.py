@@ -191,8 +191,10 @@ def concepts_of(words, a) -> list[str]:
     """The measured concepts of a config: --concepts, else the toy concepts its edit names."""
     if a.concepts:
         return a.concepts
-    text = " ".join(str(w if isinstance(w, str) else w.get("concept", "")) for w in words).split()
-    return [c for c in ("circle", "red", "striped") if c in text]
+    sets = [set(str(w if isinstance(w, str) else w.get("concept", "")).split()) for w in words]
+    common = set.intersection(*sets) if sets else set()   # erase-red: every edit prompt names red
+    return [c for c in ("circle", "red", "striped") if c in common] or \
+        [c for c in ("circle", "red", "striped") if any(c in s for s in sets)]
 
 
 def with_overrides(cfg, pairs: list[str]):

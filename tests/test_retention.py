@@ -141,3 +141,45 @@ def test_uce_and_esd_configs_parse():
         assert EsdConfig.from_yaml(path).concept_names(), path
     with pytest.raises(Exception, match="preserve_tokens"):
         UceConfig(edit=["circle"], preserve_tokens="first")
+
+
+def _checked(argv):
+    """The config a CLI command would run with (its ``check`` only: nothing loads)."""
+    from concept_edit.cli.main import build_parser
+
+    args = build_parser().parse_args(argv)
+    return args.check(args), args
+
+
+def test_model_recommended_settings_sit_under_the_flags(tmp_path):
+    """The embedded toy world ships ESD settings that erase there (concept_edit.json 'methods');
+    flags, --set and --config win; a model without them keeps the method's own defaults."""
+    import json
+
+    out = str(tmp_path / "e.safetensors")
+    cfg, args = _checked(["esd", "--concept", "circle", "--out", out])
+    assert (cfg.iterations, cfg.lr, cfg.batch_size, cfg.ddim_steps) == (1200, 1e-3, 4, 25)
+    assert args.recommended["iterations"] == 1200
+    cfg, args = _checked(["esd", "--concept", "circle", "--steps", "50", "--set", "lr=0.01", "--out", out])
+    assert (cfg.iterations, cfg.lr, cfg.batch_size) == (50, 0.01, 4)
+    assert "iterations" not in args.recommended and "lr" not in args.recommended
+    cfg, args = _checked(["esd", "--config", os.path.join(ROOT, "esd", "toy-circle-x.yaml"), "--iterations",
+                          "7", "--out", out])
+    assert cfg.iterations == 7 and args.recommended == {}
+    bare = tmp_path / "model"
+    bare.mkdir()
+    (bare / "concept_edit.json").write_text(json.dumps({"size": 64}))
+    cfg, args = _checked(["esd", "--model", str(bare), "--concept", "circle", "--out", out])
+    assert cfg.iterations == EsdConfig(concepts=["circle"]).iterations and args.recommended == {}
+
+
+def test_erasure_check_finds_the_erased_values():
+    from concept_edit.cli.erasure_check import toy_concepts
+
+    for name, want in (("erase-circle", [("shape", "circle")]), ("erase-red", [("colour", "red")]),
+                       ("erase-striped", [("background", "striped")]),
+                       ("erase-three", [("shape", "circle"), ("colour", "red"), ("background", "striped")])):
+        cfg = UceConfig.from_yaml(os.path.join(ROOT, "uce", name + ".yaml"))
+        assert toy_concepts(cfg.edit, cfg.guides()) == want, name
+    assert toy_concepts(["circle", "striped"]) == [("shape", "circle"), ("background", "striped")]
+    assert toy_concepts(["van gogh"]) == []

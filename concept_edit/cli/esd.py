@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from .common import (UsageError, add_command, add_config_args, add_model_args, check_model_arg,
-                     config_from_args, load_model, out_file, positive_int, split_list)
+                     load_model, out_file, positive_int, split_list)
 
 EXAMPLES = [
     "concept-edit esd --concept circle --variant x --config configs/esd/toy-circle-x.yaml "
@@ -36,6 +36,8 @@ def add_cli(sub) -> None:
     r.add_argument("--checkpoint-dir", help="checkpoint directory (default: OUT.ckpt/, removed on success)")
     r.add_argument("--resume", action="store_true", help="continue from the checkpoint directory")
     r.add_argument("--out", required=True, help="output .safetensors")
+    r.add_argument("--no-check", action="store_true",
+                   help="skip the before/after check of the concept (toy world: a few seeds, ~15 s)")
     p.set_defaults(func=run_cli, check=check)
 
 
@@ -49,7 +51,9 @@ def check(args):
         over["concepts"] = [c for a in args.concept for c in split_list(a)]
     if args.preserve:
         over["preserve"] = [c for a in args.preserve for c in split_list(a)]
-    cfg = config_from_args(args, EsdConfig, over)
+    from .erasure_check import config_with_recommended  # the model's own settings, under the flags
+
+    cfg, args.recommended = config_with_recommended(args, EsdConfig, "esd", over)
     args.ckdir = args.checkpoint_dir or args.out + ".ckpt"
     if args.resume and not os.path.exists(os.path.join(args.ckdir, "optim.pt")):
         raise UsageError(f"--resume: no checkpoint in {args.ckdir}; run without --resume first")
@@ -63,6 +67,9 @@ def run_cli(args) -> None:
     cfg = args.cfg
     args.device = launch_device(args.device)  # under a multi-GPU launch: this rank's own GPU
     model = load_model(args)
+    if getattr(args, "recommended", None):
+        print("using this model's recommended ESD settings (concept_edit.json; flags and --config win): "
+              + ", ".join(f"{k}={v}" for k, v in args.recommended.items()))
     res = train_esd(model.pipe, cfg, checkpoint_dir=args.ckdir, resume=args.resume)
     if not res.is_main:  # the other processes of a launch: rank 0 writes and reports
         return
@@ -70,3 +77,8 @@ def run_cli(args) -> None:
     loss = f"final loss {res.losses[-1]:.5f}, " if res.losses else ""
     print(f"ESD-{cfg.variant} on {', '.join(cfg.concept_names())}: {res.loop.report()}, {loss}"
           f"{res.seconds:.0f} s -> {args.out} ({meta['kind']})")
+    if not getattr(args, "no_check", False):
+        from .erasure_check import erasure_check
+
+        res.edit.remove()  # the check applies the written file to the unedited model
+        erasure_check(model, args.out, cfg.concept_names())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from .common import (add_command, add_config_args, add_model_args, check_model_arg, config_from_args,
+from .common import (add_command, add_config_args, add_model_args, check_model_arg,
                      load_model, out_file, split_list)
 
 EXAMPLES = [
@@ -27,6 +27,8 @@ def add_cli(sub) -> None:
     what.add_argument("--debias", help="concepts to debias, e.g. 'circle' (slow: generates images)")
     add_config_args(p, UceConfig)
     p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the before/after check of the erased concepts (toy world: a few seeds, ~15 s)")
     p.set_defaults(func=run_cli, check=check)
 
 
@@ -47,7 +49,10 @@ def check(args):
 
     out_file(args.out, ".safetensors")
     check_model_arg(args)
-    return config_from_args(args, UceConfig, _overrides(args))
+    from .erasure_check import config_with_recommended  # the model's own settings, under the flags
+
+    cfg, args.recommended = config_with_recommended(args, UceConfig, "uce", _overrides(args))
+    return cfg
 
 
 def run_cli(args) -> None:
@@ -55,6 +60,9 @@ def run_cli(args) -> None:
 
     cfg = args.cfg
     model = load_model(args)
+    if getattr(args, "recommended", None):
+        print("using this model's recommended UCE settings (concept_edit.json; flags and --config win): "
+              + ", ".join(f"{k}={v}" for k, v in args.recommended.items()))
     t0 = time.time()
     res = uce_edit(model.pipe, cfg)
     meta = res.save(args.out)
@@ -62,3 +70,7 @@ def run_cli(args) -> None:
           f"{time.time() - t0:.1f} s -> {args.out}")
     for h in res.history:
         print(f"  round {h['round']}: observed {h['observed']} (max error {h['max_error']:.3f})")
+    if cfg.mode == "erase" and not getattr(args, "no_check", False):
+        from .erasure_check import erasure_check
+
+        erasure_check(model, args.out, cfg.edit, guides=cfg.guides())

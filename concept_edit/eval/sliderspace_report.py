@@ -96,6 +96,8 @@ def slider_report(pipe, artifact, prompt: str, n_seeds: int = 64, scales=(-2, -1
     shape = next((s for s in SHAPES if s in prompt.split()), None)
     base_imgs = _gen(pipe, prompt, n_seeds, seed0)
     base = describe(base_imgs, clf)
+    n_zero = min(zero_seeds, n_seeds)
+    base_zero = _gen(pipe, prompt, n_zero, seed0)  # the same batch as the scale-0 runs: bit for bit
     router = lora_router(pipe)
     names = list(artifact.names)
     rows = []
@@ -103,8 +105,8 @@ def slider_report(pipe, artifact, prompt: str, n_seeds: int = 64, scales=(-2, -1
     for k, name in enumerate(names):
         h = artifact.apply(pipe, scale=0.0, index=k, name=f"report_{k}", start=start)
         try:
-            zero = _gen(pipe, prompt, min(zero_seeds, n_seeds), seed0)
-            rec = {"name": name, "scale0_equals_base": bool(np.array_equal(zero, base_imgs[:len(zero)])),
+            zero = _gen(pipe, prompt, n_zero, seed0)
+            rec = {"name": name, "scale0_equals_base": bool(np.array_equal(zero, base_zero)),
                    "changes": {f: 0 for f in FAMILIES}, "shape_kept": {}, "ends": {}}
             per_scale = {}
             for s in scales:

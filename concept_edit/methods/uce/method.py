@@ -16,6 +16,9 @@ concept's last token, onto the guide's, or for the guide '' the token before it:
 reference's policy when the concept ends the prompt), ``last+eos`` (that and every later token:
 following words, EOS, padding, which read the concept through causal attention, onto the guide
 prompt's tokens) or ``all`` (also the tokens before the concept, kept as they are).
+Preserved prompts contribute every token (``preserve_tokens: all``, with '' among them: the
+paper-era reference) or the preserved concept's last token (``last``; with ``preserve_empty:
+false`` and bare concepts this is the current reference).
 Layers whose inputs do not depend on the image (UNet/PixArt cross-attention, ``text_in``) share
 one factorisation; MMDiT ``add_k/v_proj`` read a text stream that evolves with the image, so
 their rows come from several denoising states and each layer is solved on its own inputs.
