@@ -281,3 +281,42 @@ def test_cli_sample_trajectory_diversity(pair, tiny_dirs, tmp_path, capsys):
     _cli(["distill", "diversity", out, out, "--json"])
     rep = json.loads(capsys.readouterr().out)
     assert rep[out]["n"] == 3 and "vendi" in rep[out] and "colour" in rep[out]["entropy"]
+
+
+# -- the toy-turbo recipe -------------------------------------------------------------------------
+def test_toy_distill_recipe_trains_resumes_and_saves_a_4_step_student(tmp_path):
+    """Two DMD updates of the recipe on the embedded toy world: the student moves away from the
+    base, the fake score too; a rerun with more steps resumes from the checkpoint; the saved
+    pipeline shares the base's VAE / text encoder files and samples on 999/749/499/249."""
+    import filecmp
+
+    from concept_edit.core.config import ConfigError
+    from concept_edit.core.embedded import default_model
+    from concept_edit.core.io import load_safetensors
+    from concept_edit.core.loading import load
+    from concept_edit.toyworld.config import ToyDistillConfig
+    from concept_edit.toyworld.distill import run
+
+    base = default_model()
+    cfg = ToyDistillConfig(base=base, work=str(tmp_path / "w"), out=str(tmp_path / "turbo"), steps=1,
+                           batch=2, fake_updates=1, eval_every=0, ckpt_every=1, threads=1)
+    run(cfg)
+    run(cfg.replace(steps=2))            # resumes at step 1: one more update, not two
+    log = [json.loads(x)["step"] for x in open(tmp_path / "w" / "log.jsonl")]
+    assert log == [1, 2]
+    ck = load_safetensors(str(tmp_path / "w" / "ckpt.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "w" / "ckpt.safetensors"), "pt") as f:
+        assert f.metadata()["step"] == "2"
+    b, s = load(base), load(str(tmp_path / "turbo"))
+    bu = b.pipe.unet.state_dict()
+    assert any(not torch.equal(bu[k], v) for k, v in s.pipe.unet.state_dict().items())
+    assert any(not torch.equal(bu[k[5:]], v) for k, v in ck.items() if k.startswith("fake."))
+    for sub in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert filecmp.cmp(os.path.join(base, sub), str(tmp_path / "turbo" / sub), shallow=False)
+    assert s.defaults["steps"] == 4 and s.defaults["guidance"] == 0.0
+    s.pipe.scheduler.set_timesteps(4)
+    assert s.pipe.scheduler.timesteps.tolist() == DMD2
+    with pytest.raises(ConfigError, match="timesteps"):
+        ToyDistillConfig(timesteps=[249, 999])

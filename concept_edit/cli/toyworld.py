@@ -75,6 +75,12 @@ def cmd_train(args) -> None:
     print(run(args.cfg))
 
 
+def cmd_distill(args) -> None:
+    from ..toyworld.distill import run
+
+    print(run(args.cfg))
+
+
 def cmd_render(args) -> None:
     """Render toy images (optionally pinned attributes) into a directory: data for image sliders."""
     from PIL import Image
@@ -193,6 +199,14 @@ def add_cli(sub) -> None:
         "concept-edit toyworld train --unet-steps 200 --out out/toy-small --classifier-out out/clf"])
     add_config_args(t, ToyTrainConfig)
     t.set_defaults(func=cmd_train, check=lambda a: config_from_args(a, ToyTrainConfig))
+
+    from ..toyworld.config import ToyDistillConfig
+
+    d = add_command(ts, "distill", "distil the toy world into a 4-step student (DMD2-style; resumable)", [
+        "concept-edit toyworld distill --work .cache/toy-turbo --out weights/toy-turbo   # rerun to resume",
+        "concept-edit toyworld distill --steps 20 --eval-every 10 --work out/dw --out out/turbo-small"])
+    add_config_args(d, ToyDistillConfig)
+    d.set_defaults(func=cmd_distill, check=lambda a: config_from_args(a, ToyDistillConfig))
 
     r = add_command(ts, "render", "render toy images with pinned attributes", [
         "concept-edit toyworld render out/circles --n 16 --fix shape=circle --fix size=large"])

@@ -41,3 +41,35 @@ class ToyTrainConfig(StrictConfig):
         for k in ("n_images", "vae_steps", "clf_steps", "unet_steps", "unet_batch", "ckpt_every"):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
+
+
+@dataclasses.dataclass
+class ToyDistillConfig(StrictConfig):
+    """DMD2-style distillation of the toy world into a few-step student (weights/toy-turbo)."""
+
+    base: str = field("weights/toy-world", "the teacher (real score) and the student's initialisation")
+    work: str = field(".cache/toy-turbo", "scratch dir for checkpoints and the log (ignored by git)")
+    out: str = field("weights/toy-turbo", "where the student pipeline is saved")
+    seed: int = field(0, "seed of init noise, captions and timesteps")
+    timesteps: list[int] = field([999, 749, 499, 249], "the student's timesteps (DMD2's four)")
+    steps: int = field(700, "generator updates")
+    fake_updates: int = field(2, "fake-score updates per generator update (DMD2's two time-scale rule: 5)")
+    batch: int = field(32, "images per update")
+    gen_lr: float = field(5e-5, "generator learning rate")
+    fake_lr: float = field(1e-4, "fake-score learning rate")
+    real_guidance: float = field(5.0, "classifier-free guidance of the real score (the base's own)")
+    min_t: int = field(20, "smallest timestep of the distribution-matching noise")
+    max_t: int = field(980, "largest timestep of the distribution-matching noise")
+    ckpt_every: int = field(50, "checkpoint period (generator updates)")
+    eval_every: int = field(200, "quick fidelity/diversity check period (generator updates)")
+    threads: int = field(2, "torch CPU threads")
+
+    def check(self):
+        for k in ("steps", "fake_updates", "batch", "ckpt_every"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
+        ts = [int(t) for t in self.timesteps]
+        if not ts or ts != sorted(ts, reverse=True) or ts[0] >= 1000 or ts[-1] < 0:
+            raise ConfigError(f"timesteps must decrease within [0, 999], got {self.timesteps}")
+        if not 0 <= self.min_t < self.max_t <= 999:
+            raise ConfigError(f"need 0 <= min_t < max_t <= 999, got {self.min_t}, {self.max_t}")
