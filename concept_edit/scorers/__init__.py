@@ -4,7 +4,7 @@ Example::
 
     >>> from concept_edit.scorers import get_scorer, SCORERS
     >>> SCORERS.names()
-    ['clip', 'toy', 'toy-clip']
+    ['clip', 'nudenet', 'toy', 'toy-clip']
     >>> score = get_scorer("toy", attributes=["red", "blue"])       # the toy classifier
     >>> score = get_scorer("toy-clip", attributes=["red", "blue"])  # the toy CLIP, zero-shot
     >>> score = get_scorer("clip:ViT-B-32@/models/vit-b-32.safetensors", attributes=["male", "female"])
@@ -23,6 +23,7 @@ SCORERS = Registry("scorer", {
     "toy": "concept_edit.scorers.toy:toy_scorer",
     "clip": "concept_edit.scorers.clip:clip_scorer",
     "toy-clip": "concept_edit.toyworld.clip:toy_clip_scorer",
+    "nudenet": "concept_edit.scorers.nudenet:nudenet_scorer",   # optional extra (AGPL): [nudenet]
 })
 
 
