@@ -214,3 +214,44 @@ def test_cli_audit_on_tiny(tiny_dirs, tmp_path, capsys):
     data = json.loads((rep / "results.json").read_text())
     assert data["negative_prompt"] == "circle" and data["probes"]["standard"]["config"]["seeds"] == 1
     assert data["scorer"] == "toy" and all(r["score"] is not None for r in data["probes"]["standard"]["records"])
+
+
+def test_audit_shards_sampling_under_accelerate_launch(tiny_dirs, tmp_path):
+    """Two CPU processes under ``accelerate launch`` sample every other batch; rank 0 writes the
+    report, whose rates and images equal a one-process run's (the same seed per image)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=repo)
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text("name: circle\ntemplates: ['a {}', 'a red {}']\nscorer: toy\n"
+                         "labels: [circle, square, triangle, star, none]\n"
+                         "probes: {standard: {prompts: 2, seeds: 2}, completion: {prompts: 1, seeds: 2, ks: [1]}}\n")
+    args = ["audit", "--model", tiny_dirs("sd1"), "--concept", str(yaml_path), "--probes", "standard,completion",
+            "--batch", "1", "--device", "cpu"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(port), "-m", "concept_edit.cli.main"]
+    r = subprocess.run(launch + args + ["--report", str(tmp_path / "two")], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("total ") == 1                      # rank 0 reports, once
+    r = subprocess.run([sys.executable, "-m", "concept_edit.cli.main"] + args + ["--report", str(tmp_path / "one")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two, one = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("two", "one"))
+    assert (two["processes"], one["processes"]) == (2, 1)
+    for name in ("standard", "completion"):
+        assert two["probes"][name]["summary"] == one["probes"][name]["summary"]
+        assert [x["label"] for x in two["probes"][name]["records"]] == [x["label"] for x in one["probes"][name]["records"]]
+        files = sorted(os.listdir(tmp_path / "one" / "images" / name))
+        assert files and files == sorted(os.listdir(tmp_path / "two" / "images" / name))
+        for f in files:
+            if f.endswith(".png"):
+                assert (tmp_path / "one" / "images" / name / f).read_bytes() == \
+                    (tmp_path / "two" / "images" / name / f).read_bytes(), f

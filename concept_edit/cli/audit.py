@@ -80,7 +80,14 @@ def check(args):
 def run_cli(args) -> None:
     from ..core.artifacts import apply_artifact
     from ..core.io import file_sha256
+    from ..core.shard import Shard
     from ..eval.audit import audit, write_report
+
+    shard = Shard.from_launch("cuda" if str(args.device).startswith("cuda") else "cpu")
+    if shard.world > 1:
+        from ..core.trainloop import launch_device
+
+        args.device = launch_device(args.device)  # each rank on its own GPU
 
     base = load_model(args)
     edited = base
@@ -93,7 +100,9 @@ def run_cli(args) -> None:
                           "kind": h.meta["kind"], "method": h.meta.get("method")})
     res = audit(base.pipe, edited.pipe, args.concept_cfg, probes=args.probe_names, budget=args.budget,
                 seed=args.seed, negative_prompt=args.negative_prompt, overrides=args.overrides,
-                cache_dir=args.cache_dir, batch=args.batch, progress=True, meta={"edits": edits})
+                cache_dir=args.cache_dir, batch=args.batch, progress=True, meta={"edits": edits}, shard=shard)
+    if not shard.is_main:  # the other processes of a launch: rank 0 writes and reports
+        return
     write_report(res, args.report)
     print(f"{'probe':<13} {'base':>6} {'b-of-N':>6} {'edited':>6} {'b-of-N':>6} {'N':>3} {'time s':>7} {'evals':>7}")
     for name, p in res["probes"].items():

@@ -182,17 +182,18 @@ def resolve_probes(spec) -> list[str]:
 def audit(base, edited, concept: AuditConcept, probes="all", budget: str = "quick", seed: int = 0,
           negative_prompt: str | None = None, scorer=None, overrides: dict | None = None,
           cache_dir: str = ".cache/audit", batch: int = 16, progress: bool = False,
-          meta: dict | None = None, size: int | None = None) -> dict:
+          meta: dict | None = None, size: int | None = None, shard=None) -> dict:
     """Run probes; returns the results dict (``write_report`` writes it with the images under
     ``res['_images']``). ``edited`` may be ``base`` (null edit or a negative-prompt audit);
-    ``size``: image side (default: the model's)."""
+    ``size``: image side (default: the model's); ``shard``: a :class:`core.shard.Shard` of a
+    launch (each process samples every world-th batch; results equal a one-process run's)."""
     from ..core.model import model_of
     from .probes._base import Context, ProbeSkipped
 
     names = resolve_probes(probes)
     score_fn, scorer_name = make_scorer(concept, scorer)
     ctx = Context(base, edited, concept, score_fn, negative_prompt=negative_prompt, seed=seed,
-                  batch=batch, cache_dir=cache_dir, progress=progress, size=size)
+                  batch=batch, cache_dir=cache_dir, progress=progress, size=size, shard=shard)
     cfgs = {}
     for n in names:
         over = dict(concept.probes.get(n, {}))
@@ -219,8 +220,8 @@ def audit(base, edited, concept: AuditConcept, probes="all", budget: str = "quic
             except ProbeSkipped as e:
                 extras = {}
                 entry["status"] = f"skipped: {e}"
-        entry.update({"time_s": round(time.time() - t0, 2), "denoiser_calls": ctx.calls,
-                      "denoiser_evals": ctx.evals})
+        entry.update({"time_s": round(time.time() - t0, 2), "denoiser_calls": ctx.shard.total(ctx.calls),
+                      "denoiser_evals": ctx.shard.total(ctx.evals)})
         entry["N"] = extras.pop("N", None)
         entry["unit"] = extras.pop("unit", None)
         entry.update(summarise(ctx.records, probe.sweep))
@@ -231,7 +232,9 @@ def audit(base, edited, concept: AuditConcept, probes="all", budget: str = "quic
         res["probes"][n] = entry
         images[n] = list(ctx.images)
     res["total_time_s"] = round(time.time() - t_all, 2)
-    res["notes"] = ("denoiser_evals counts rows through the denoiser (a CFG step of one image = 2); base "
+    res["processes"] = ctx.shard.world
+    res["notes"] = ("denoiser_evals counts rows through the denoiser (a CFG step of one image = 2), summed "
+                    "over the processes of a launch (work that is not sampling runs on each); base "
                     "generations shared by several probes count in the first probe that made them")
     res["_images"] = images
     return res

@@ -76,8 +76,11 @@ class Context:
 
     def __init__(self, base, edited, concept, scorer: Callable, *, negative_prompt: str | None = None,
                  seed: int = 0, batch: int = 16, cache_dir: str = ".cache/audit", progress: bool = False,
-                 size: int | None = None):
+                 size: int | None = None, shard=None):
+        from ...core.shard import Shard
+
         self.base, self.edited, self.concept = base, edited, concept
+        self.shard = shard or Shard()
         self.scorer = scorer
         self.negative_prompt = negative_prompt or None
         self.seed, self.batch, self.cache_dir, self.progress = seed, batch, cache_dir, progress
@@ -109,7 +112,8 @@ class Context:
 
         mods = {id(m): m for m in (backbone_of(p).module(p) for p in (self.base, self.edited))}
         self.calls = self.evals = 0
-        bar = tqdm(desc=f"audit {desc}", unit="eval", disable=not self.progress, leave=True)
+        bar = tqdm(desc=f"audit {desc}", unit="eval", disable=not (self.progress and self.shard.is_main),
+                   leave=True)
 
         def pre(args, kwargs, path):
             x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
@@ -133,9 +137,11 @@ class Context:
         """Images (uint8) for ``prompts`` / ``seeds`` (paired) in batches; ``kwargs_for(idx)``
         gives per-batch extras (start latents, masks, guidance functions) for indices ``idx``."""
         pipe = self.pipe(model)
-        out, results = [], []
-        for i in range(0, len(prompts), self.batch):
-            idx = list(range(i, min(i + self.batch, len(prompts))))
+        starts = list(range(0, len(prompts), self.batch))
+        mine = self.shard.mine(range(len(starts)))      # under a launch: every world-th batch
+        done = []
+        for b in mine:
+            idx = list(range(starts[b], min(starts[b] + self.batch, len(prompts))))
             extra = dict(kw)
             if kwargs_for is not None:
                 extra.update(kwargs_for(idx))
@@ -143,8 +149,9 @@ class Context:
             res = sample(pipe, [prompts[j] for j in idx], seed=[seeds[j] for j in idx],
                          steps=self.steps, guidance=self.guidance, height=self.size, width=self.size,
                          negative_prompt=[neg] * len(idx) if neg else None, **extra)
-            out.append(to_uint8(res.images))
-            results.append(res)
+            done.append((to_uint8(res.images), res))
+        done = self.shard.gather(mine, done)             # the one-process order on every rank
+        out, results = [d[0] for d in done], [d[1] for d in done]
         return (np.concatenate(out) if out else np.zeros((0, self.size, self.size, 3), np.uint8)), results
 
     def cached(self, model: str, prompts: list[str], seeds: list[int]) -> list[dict]:
