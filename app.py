@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""The concept_edit demo in the browser (Gradio): sliders, erasure A/B, training a slider.
+"""The concept_edit demo in the browser (Gradio): sliders, erasure A/B, training a slider, a
+SliderSpace browser, base vs distilled vs hybrid sampling, and erasure audits.
 
     python app.py                                   # embedded toy world on http://127.0.0.1:7860
     python app.py --model DIR --device cuda --artifacts my-edits/
+    python app.py --distilled weights/toy-turbo     # the Distillation tab's student (this is the default)
     make app                                        # installs the `app` extra, then the line above
 
 Every edit the app can pick is a concept_edit ``.safetensors`` file inside ``--artifacts``
-(default ``out/app-artifacts/``). On the first start with an empty folder on the toy world the
+(default ``out/app-artifacts/``); a SliderSpace is a folder there (or one level below) written by
+``concept-edit sliderspace discover``. On the first start with an empty folder on the toy world the
 app makes two examples (a UCE edit erasing "circle", seconds; a size slider: copied from ``out/``
 when one was trained there, else trained for ``--example-iterations`` steps, about 1-2 minutes
 on two CPU cores, with a progress bar in the console).
@@ -20,7 +23,10 @@ one shared model serves every request behind a queue (``--queue-size``), and a l
 everything that changes its adapters or weights, so concurrent requests get exactly the images
 they would get one at a time.
 
-The app uses only the top-level names of ``concept_edit`` (its public API).
+The app uses only public names of ``concept_edit``: its top-level names, and for the newer tabs
+``concept_edit.methods.distill.hybrid_sample``, ``concept_edit.eval.diversity.diversity_report`` and
+``concept_edit.eval.audit`` (``audit``, ``load_concept``, ``resolve_probes``, ``write_report``). The
+SliderSpace, Distillation and Audit parts of the engine live in ``app_tabs.py``.
 """
 from __future__ import annotations
 
@@ -41,10 +47,15 @@ import time
 import traceback
 
 REPO = os.path.dirname(os.path.abspath(__file__))
+from app_tabs import (AUDIT_COLS, DIVERSITY_COLS, AppError, TabsMixin, check_float, check_int,  # noqa: E402
+                      check_text, one_line as _one_line)
+
+DEFAULT_DISTILLED = os.path.join(REPO, "weights", "toy-turbo")
 DEFAULT_ARTIFACTS = os.path.join(REPO, "out", "app-artifacts")
 MAX_SEED = 2**31 - 1
 EXT = ".safetensors"
-API_NAMES = ("slide", "strip", "erase", "train", "upload", "artifacts")
+API_NAMES = ("slide", "strip", "erase", "train", "upload", "artifacts", "space_gallery", "space_strip",
+             "space_compose", "distill", "audit")
 N_SLOTS = 4
 DEFAULT_PROMPT = "a red circle"
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
@@ -64,18 +75,6 @@ SLIDER_EXAMPLE = dict(name="size", prompts=[dict(target="a {}", positive="a larg
                       preservation=["circle", "square", "triangle", "star", "red circle", "blue square",
                                     "green triangle", "yellow star"], bank_size=8)
 
-LATER_TABS = {
-    "SliderSpace": ("#15", "SliderSpace browser: pick a discovered space, see a gallery of its "
-                           "directions, click one to see it at -s..+s on a few seeds, compose several."),
-    "Distillation": ("#17", "Distillation: base vs distilled vs hybrid for the same seeds, with the "
-                            "diversity numbers."),
-    "Audit": ("#16", "Audit: run `--budget quick` on an edit and show the report."),
-}
-
-
-class AppError(ValueError):
-    """A request the app refuses: a one-line message for the page and the API."""
-
 
 @dataclasses.dataclass
 class Limits:
@@ -93,50 +92,13 @@ class Limits:
     max_loaded: int = 8               # slider adapters kept loaded on the model
     base_cache: int = 64              # base images kept (a slider move re-renders the slider only)
     max_size: int | None = None       # image side in px (default: twice the model's native size)
+    max_space: int = 64               # directions of a SliderSpace shown
+    max_strip_seeds: int = 4          # rows of a SliderSpace strip
+    max_distill_n: int = 32           # images per set in the Distillation tab
+    max_audit_s: float = 1800.0       # an audit past this many seconds of sampling stops with a message
 
 
-# -- small checks --------------------------------------------------------------------------------
-def _one_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return s[0] if s else type(e).__name__
-
-
-def _number(value, what: str) -> float:
-    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
-        raise AppError(f"{what} must be a number, got {value!r}")
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise AppError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(f):
-        raise AppError(f"{what} must be a finite number, got {value!r}")
-    return f
-
-
-def check_int(value, what: str, lo: int, hi: int) -> int:
-    f = _number(value, what)
-    if f != int(f):
-        raise AppError(f"{what} must be a whole number, got {value!r}")
-    if not lo <= f <= hi:
-        raise AppError(f"{what} must be between {lo} and {hi}, got {int(f)}")
-    return int(f)
-
-
-def check_float(value, what: str, lo: float, hi: float) -> float:
-    f = _number(value, what)
-    if not lo <= f <= hi:
-        raise AppError(f"{what} must be between {lo:g} and {hi:g}, got {f:g}")
-    return f
-
-
-def check_text(value, what: str, limit: int, example: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise AppError(f"the {what} is empty: write one, e.g. {example!r}")
-    if len(value) > limit:
-        raise AppError(f"the {what} is {len(value)} characters long; at most {limit}")
-    return value.strip()
-
-
+# -- small checks (the others are shared with app_tabs.py) ---------------------------------------
 def check_safetensors_header(path: str, shown: str) -> dict:
     """Parse a safetensors header by hand (never unpickles, never loads tensors); returns it."""
     size = os.path.getsize(path)
@@ -180,7 +142,7 @@ def safe_name(name: str, default: str = "artifact") -> str:
 
 
 # -- the model side (no gradio here) -------------------------------------------------------------
-class Engine:
+class Engine(TabsMixin):
     """One shared model, the artifacts folder, and every action of the page.
 
     Each public method checks its inputs first (``AppError`` with one line), then takes ``lock``
@@ -190,7 +152,7 @@ class Engine:
     """
 
     def __init__(self, model, artifacts: str, limits: Limits | None = None,
-                 load_args: dict | None = None):
+                 load_args: dict | None = None, distilled=None):
         import concept_edit as ce
 
         self.ce = ce
@@ -217,6 +179,7 @@ class Engine:
         self.size_multiple = int(bb.size_multiple(self.pipe))
         self.min_size = int(bb.small_size(self.pipe))
         self.max_size = int(self.limits.max_size or max(2 * self.size, self.min_size))
+        self.init_tabs(distilled)   # SliderSpace, Distillation, Audit (app_tabs.py)
 
     # -- files ------------------------------------------------------------------------------
     def resolve(self, name) -> str:
@@ -743,6 +706,7 @@ def make_examples(engine: Engine, iterations: int = 100, log=print) -> None:
 CSS = """
 .pixel img, .pixel canvas { image-rendering: pixelated; }
 .pixel img { width: 100%; height: 100%; object-fit: contain; }
+.compact-gallery .fixed-height { min-height: 0 !important; }
 """
 
 
@@ -786,12 +750,23 @@ def build_app(engine: Engine, queue_size: int | None = None):
     model_line = (f"Model: **{engine.model.source}** ({engine.family}), {engine.size} px, "
                   f"{engine.steps} steps by default. Artifacts folder: `{engine.root}`.")
 
+    spaces = engine.space_choices()
+    space0 = spaces[0][1] if spaces else None
+    try:
+        sp0 = engine.space(space0) if space0 else None
+    except AppError:
+        sp0 = None
+    ss_prompt0 = (sp0 or {}).get("prompt") or "a circle"
+    directions0 = [(sl["label"], sl["name"]) for sl in (sp0 or {}).get("sliders", [])]
+    concepts, probes = engine.audit_concepts(), engine.audit_probes()
+    concept0 = engine.concept_for(edits[0][1]) if edits else (concepts[0] if concepts else None)
+
     def table(rows_=None):
         rows_ = engine.listing() if rows_ is None else rows_
         return [[r["file"], r["kind"], r["method"], r["model"], r["note"]] for r in rows_]
 
     with gr.Blocks(title="concept_edit", delete_cache=(3600, 7200)) as demo:
-        gr.Markdown("## concept_edit: sliders, erasure, training\n" + model_line)
+        gr.Markdown("## concept_edit: sliders, erasure, training, SliderSpace, distillation, audits\n" + model_line)
         with gr.Tabs():
             # -- Sliders ------------------------------------------------------------------
             with gr.Tab("Sliders", id="sliders"):
@@ -881,10 +856,91 @@ def build_app(engine: Engine, queue_size: int | None = None):
                     up = gr.File(label=f"Upload an artifact ({EXT})", file_types=[EXT], type="filepath")
                 up_status = gr.Markdown()
 
-            for title, (issue, text) in LATER_TABS.items():
-                with gr.Tab(title):
-                    gr.Markdown(f"**Coming with issue {issue}.** {text} This tab lands with that "
-                                "issue's method.")
+            # -- SliderSpace browser --------------------------------------------------------
+            with gr.Tab("SliderSpace", id="sliderspace"):
+                gr.Markdown("Directions discovered without labels (`concept-edit sliderspace discover "
+                            "--out DIR`, DIR inside the artifacts folder): one image per direction at "
+                            "+scale; click one for its strip from -scale to +scale on a few seeds; "
+                            "compose several below.", elem_id="space-intro")
+                with gr.Row():
+                    space = gr.Dropdown(spaces, value=space0, allow_custom_value=True, scale=3,
+                                        label="Space (a SliderSpace folder)", elem_id="space-dir")
+                    ss_prompt = gr.Textbox(ss_prompt0, label="Prompt", scale=3, max_lines=1)
+                    ss_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
+                    ss_scale = gr.Slider(0.5, L.scale_bound, value=2.0, step=0.5, label="Scale")
+                    ss_go = gr.Button("Show directions", variant="primary")
+                ss_gallery = gr.Gallery(label="Directions at +scale (click one)", columns=8, format="png",
+                                        height="auto", object_fit="contain", elem_classes=["pixel", "compact-gallery"],
+                                        elem_id="space-gallery")
+                ss_info = gr.Markdown()
+                with gr.Row():
+                    ss_index = gr.Number(0, label="Direction (index)", precision=0, minimum=0, elem_id="space-index")
+                    ss_seeds = gr.Slider(1, L.max_strip_seeds, value=3, step=1, label="Seeds (rows)")
+                    ss_strip_go = gr.Button("Strip -scale..+scale")
+                ss_strip = gr.Image(label="Strip", type="numpy", format="png", interactive=False,
+                                    elem_id="space-strip")
+                with gr.Accordion("Compose several directions", open=False):
+                    ss_slots = []
+                    with gr.Row():
+                        for i in range(N_SLOTS):
+                            with gr.Column(min_width=160):
+                                ss_slots.append((
+                                    gr.Dropdown([("(none)", "")] + directions0, value="", label=f"Direction {i + 1}",
+                                                allow_custom_value=True),
+                                    gr.Slider(-L.scale_bound, L.scale_bound, value=0.0, step=0.1,
+                                              label=f"Scale {i + 1}")))
+                    ss_compose_go = gr.Button("Compose")
+                    with gr.Row():
+                        ss_base = gr.Image(label="Base", type="numpy", format="png", interactive=False,
+                                           height=256, elem_classes=["pixel"])
+                        ss_mixed = gr.Image(label="Composed", type="numpy", format="png", interactive=False,
+                                            height=256, elem_classes=["pixel"], elem_id="space-composed")
+                    ss_compose_info = gr.Markdown()
+                with gr.Accordion("The space's sheet (sheet.png: rows = directions)", open=False):
+                    ss_sheet = gr.Image(show_label=False, type="numpy", format="png", interactive=False)
+
+            # -- Distillation -------------------------------------------------------------
+            with gr.Tab("Distillation", id="distillation"):
+                has_student = engine.distilled is not None
+                gr.Markdown(engine.distill_note() or (
+                    f"Base **{engine.model.source}** vs distilled **{engine.distilled.source}** vs the hybrid "
+                    "(the base for the first steps, the distilled model after) for the same seeds, on the "
+                    "distilled model's schedule, with the diversity of each set."), elem_id="distill-note")
+                with gr.Row(visible=has_student):
+                    d_prompt = gr.Textbox("a circle", label="Prompt", scale=3, max_lines=1)
+                    d_seed = gr.Number(0, label="First seed", precision=0, minimum=0, maximum=MAX_SEED)
+                    d_n = gr.Slider(2, L.max_distill_n, value=8, step=1, label="Images per set")
+                    d_steps = gr.Slider(1, L.max_steps, value=engine.distilled_steps, step=1,
+                                        label="Distilled steps")
+                    d_switch = gr.Slider(0, L.max_steps, value=min(1, engine.distilled_steps), step=1,
+                                         label="Switch (base steps of the hybrid)")
+                    d_go = gr.Button("Compare", variant="primary")
+                with gr.Column(visible=has_student):   # one set a row: a column = one seed
+                    d_sets = [gr.Gallery(label=lab, columns=8, format="png", height="auto", object_fit="contain",
+                                         elem_classes=["pixel", "compact-gallery"], elem_id=f"distill-{lab.lower()}")
+                              for lab in ("Base", "Distilled", "Hybrid")]
+                d_table = gr.Dataframe(headers=DIVERSITY_COLS, interactive=False, visible=has_student,
+                                       label="Diversity (higher = more diverse)")
+                d_info = gr.Markdown()
+
+            # -- Audit --------------------------------------------------------------------
+            with gr.Tab("Audit", id="audit"):
+                gr.Markdown("The erasure audit at `--budget quick` (`concept-edit audit`): which probes bring "
+                            "the erased concept back, base vs edited. All ten probes take a few minutes on "
+                            f"the toy world on a CPU; an audit past {L.max_audit_s:g} s stops. It runs on "
+                            "copies of the model, so the other tabs keep serving.")
+                with gr.Row():
+                    a_edit = gr.Dropdown(edits, value=edits[0][1] if edits else None, allow_custom_value=True,
+                                         label="Edit (a UCE or ESD artifact)", scale=3, elem_id="audit-edit")
+                    a_concept = gr.Dropdown(concepts, value=concept0, label="Concept (configs/audit/*.yaml)")
+                    a_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                    a_go = gr.Button("Audit", variant="primary")
+                a_probes = gr.CheckboxGroup(probes, value=probes, label="Probes")
+                a_summary = gr.Markdown(elem_id="audit-summary")
+                a_table = gr.Dataframe(headers=AUDIT_COLS, interactive=False, wrap=True, label="Summary")
+                a_files = gr.File(label="Report files", file_count="multiple", interactive=False)
+                with gr.Accordion("Report (report.html)", open=False):
+                    a_report = gr.HTML()
 
         # -- events -----------------------------------------------------------------------------
         sl_inputs = [prompt, seed, steps, start, guidance, size] + [c for pair in slots for c in pair]
@@ -932,9 +988,61 @@ def build_app(engine: Engine, queue_size: int | None = None):
         def artifacts():
             return table()
 
-        def lists(steps_, *picked):
+        @ui
+        def space_gallery(space, prompt, seed, scale):
+            return engine.space_gallery(space, prompt, seed, scale)
+
+        @ui
+        def space_strip(space, index, prompt, seed, seeds, scale):
+            return engine.space_strip(space, index, prompt, seed, seeds, scale)
+
+        @ui
+        def space_compose(space, prompt, seed, direction_1, scale_1, direction_2, scale_2, direction_3, scale_3,
+                          direction_4, scale_4):
+            return engine.space_compose(space, prompt, seed, [(direction_1, scale_1), (direction_2, scale_2),
+                                                              (direction_3, scale_3), (direction_4, scale_4)])
+
+        def space_picked(space_):
+            """A space picked in the page: its prompt, its directions in the compose slots."""
+            try:
+                sp = engine.space(space_)
+            except AppError as e:
+                raise gr.Error(str(e), print_exception=False) from None
+            dirs = [("(none)", "")] + [(sl["label"], sl["name"]) for sl in sp["sliders"]]
+            return ([gr.update(value=sp["prompt"]) if sp["prompt"] else gr.skip(),
+                     gr.update(value=0, maximum=len(sp["sliders"]) - 1)]
+                    + [gr.update(choices=dirs, value="") for _ in ss_slots])
+
+        def direction_clicked(evt):
+            return max(int(evt.index) - 1, 0)   # the gallery's first image is the base
+
+        # a real class, not the string this file's annotations are: gradio passes the click's data
+        direction_clicked.__annotations__["evt"] = gr.SelectData
+
+        @ui
+        def distill(prompt, seed, n, switch, steps):
+            sets, rows_, text = engine.distill(prompt, seed, n, switch, steps)
+
+            def gallery(imgs):
+                lab = engine.labels(imgs)
+                return [(im, None if lab is None else " · ".join(lab[i][a] for a in ("shape", "colour", "size")))
+                        for i, im in enumerate(imgs)]
+
+            return (gallery(sets["base"]), gallery(sets["distilled"]), gallery(sets["hybrid"]),
+                    [[r[0]] + [("-" if v is None else v) for v in r[1:]] for r in rows_], text)
+
+        @ui
+        def audit(edit, concept, probes, seed, progress=gr.Progress(track_tqdm=True)):
+            progress(0, desc="loading the audit's model copies")
+            out = engine.audit(edit, concept, probes, seed, progress=True)
+            rows_ = [[("-" if v is None else v) for v in r] for r in out["rows"]]
+            return out["summary"], rows_, out["files"], engine.report_frame(out["html"])
+
+        def lists(steps_, space_, *picked):
             """Fresh choices, the picked files' scale bounds, the start's range, the table."""
             rows_ = engine.listing()
+            spaces_ = engine.space_choices()
+            names = [v for _, v in spaces_]
             sl, ed = [("(none)", "")] + engine.slider_choices(rows_), engine.edit_choices(rows_)
             bounds = []
             for name in picked:
@@ -944,12 +1052,14 @@ def build_app(engine: Engine, queue_size: int | None = None):
                     d = engine.slider_defaults(None)
                 bounds.append(gr.update(minimum=d["min"], maximum=d["max"]))
             return ([gr.update(choices=sl) for _ in slots] + bounds
-                    + [gr.update(maximum=int(steps_)), gr.update(choices=ed), table(rows_)])
+                    + [gr.update(maximum=int(steps_)), gr.update(choices=ed), table(rows_),
+                       gr.update(choices=spaces_, value=space_ if space_ in names else (names or [None])[0]),
+                       gr.update(choices=ed)])
 
         # the widgets are built with the server's widest bounds (API callers may send any file,
         # any steps); each page narrows them to its own picks on load
-        list_inputs = [steps] + [f for f, _ in slots]
-        list_outputs = [f for f, _ in slots] + [s for _, s in slots] + [start, edit, files]
+        list_inputs = [steps, space] + [f for f, _ in slots]
+        list_outputs = [f for f, _ in slots] + [s for _, s in slots] + [start, edit, files, space, a_edit]
         model_lane = dict(concurrency_id="model", concurrency_limit=1)
 
         gr.on([go.click, prompt.submit, seed.submit, start.release, guidance.release, size.release]
@@ -982,6 +1092,32 @@ def build_app(engine: Engine, queue_size: int | None = None):
                       queue=False).success(slide, sl_inputs, [base_img, out_img, info],
                                            api_visibility="private", **model_lane)
 
+        ss_inputs = [space, ss_prompt, ss_seed]
+        ss_go.click(space_gallery, ss_inputs + [ss_scale], [ss_gallery, ss_sheet, ss_info],
+                    api_name="space_gallery", **model_lane)
+        ss_strip_go.click(space_strip, [space, ss_index] + ss_inputs[1:] + [ss_seeds, ss_scale], [ss_strip],
+                          api_name="space_strip", **model_lane)
+        ss_gallery.select(direction_clicked, None, [ss_index], api_visibility="private", queue=False).success(
+            space_strip, [space, ss_index] + ss_inputs[1:] + [ss_seeds, ss_scale], [ss_strip],
+            api_visibility="private", **model_lane)
+        ss_compose_go.click(space_compose, ss_inputs + [c for pair in ss_slots for c in pair],
+                            [ss_base, ss_mixed, ss_compose_info], api_name="space_compose", **model_lane)
+        space.input(space_picked, [space], [ss_prompt, ss_index] + [f for f, _ in ss_slots],
+                    api_visibility="private", queue=False).success(
+            space_gallery, ss_inputs + [ss_scale], [ss_gallery, ss_sheet, ss_info], api_visibility="private",
+            **model_lane)
+        def switch_range(steps_, switch_):   # the page narrows the switch to its steps (API: any)
+            return gr.update(maximum=int(steps_), value=min(int(switch_), int(steps_)))
+
+        d_steps.release(switch_range, [d_steps, d_switch], [d_switch], api_visibility="private", queue=False)
+        demo.load(switch_range, [d_steps, d_switch], [d_switch], api_visibility="private", queue=False)
+        d_go.click(distill, [d_prompt, d_seed, d_n, d_switch, d_steps], d_sets + [d_table, d_info],
+                   api_name="distill", **model_lane)
+        a_edit.input(lambda e: gr.update(value=engine.concept_for(e)), [a_edit], [a_concept],
+                     api_visibility="private", queue=False)
+        # the audit runs on the background copies (the trainer's lane): the page keeps serving
+        a_go.click(audit, [a_edit, a_concept, a_probes, a_seed], [a_summary, a_table, a_files, a_report],
+                   api_name="audit", concurrency_id="train", concurrency_limit=1)
         run.click(erase, [edit, e_prompt, e_seed, e_n, e_steps], [base_gal, edit_gal, e_info],
                   api_name="erase", **model_lane)
         t_go.click(train, [t_name, t_target, t_pos, t_neg, t_fill, t_it], [t_status], api_name="train",
@@ -1026,6 +1162,12 @@ def parse_args(argv=None):
     p.add_argument("--max-images", type=int, default=Limits.max_n, help="images per erasure request")
     p.add_argument("--max-iterations", type=int, default=Limits.max_iterations, help="training bound")
     p.add_argument("--max-upload-mb", type=float, default=Limits.max_upload_mb, help="upload size bound")
+    p.add_argument("--max-audit-s", type=float, default=Limits.max_audit_s,
+                   help="an audit sampling past this many seconds stops with a message")
+    p.add_argument("--distilled", default=None,
+                   help="the Distillation tab's distilled model (a diffusers directory or hub id of the "
+                        "same family, VAE and text encoder; default: weights/toy-turbo on the toy world "
+                        "when it exists; 'none': none, and the tab says how to make one)")
     p.add_argument("--no-examples", action="store_true", help="do not make examples on an empty folder")
     p.add_argument("--example-iterations", type=int, default=100,
                    help="training steps of the example size slider (when none is found in out/)")
@@ -1059,8 +1201,9 @@ def main(argv=None) -> None:
     load_args = dict(model=args.model, device=device, dtype=args.dtype)
     model = ce.load(**load_args)
     limits = Limits(queue_size=args.queue_size, max_steps=args.max_steps, max_n=args.max_images,
-                    max_iterations=args.max_iterations, max_upload_mb=args.max_upload_mb)
-    engine = Engine(model, artifacts, limits, load_args)
+                    max_iterations=args.max_iterations, max_upload_mb=args.max_upload_mb,
+                    max_audit_s=args.max_audit_s)
+    engine = Engine(model, artifacts, limits, load_args, distilled=load_distilled(args, device))
     print(f"[app] {model.source} ({engine.family}) on {device} loaded in {time.perf_counter() - t0:.1f} s",
           flush=True)
     if not args.no_examples:
@@ -1077,6 +1220,26 @@ def main(argv=None) -> None:
     # page opened meanwhile waits for it and then needs the slider image only
     _quietly(engine.slide, **engine.first_request)
     demo.block_thread()
+
+
+def load_distilled(args, device: str):
+    """The Distillation tab's student: --distilled, else weights/toy-turbo on the toy world when
+    it exists, else None (the tab says how to make one)."""
+    import concept_edit as ce
+
+    name = args.distilled
+    if name is None and args.model is None and os.path.isdir(DEFAULT_DISTILLED):
+        name = DEFAULT_DISTILLED
+    if not name or name.lower() == "none":
+        return None
+    try:
+        model = ce.load(name, device=device, dtype=args.dtype)
+    except Exception as e:  # the app still starts; the tab shows how to make a distilled model
+        print(f"[app] could not load the distilled model {name}: {_one_line(e)}", flush=True)
+        return None
+    print(f"[app] distilled model: {model.source} ({model.defaults['steps']} steps, guidance "
+          f"{model.defaults['guidance']:g})", flush=True)
+    return model
 
 
 def _quietly(fn, **kw):

@@ -2,7 +2,9 @@
 real-browser test in headless Chromium (Debian's ``chromium`` driven by Playwright).
 
 One launch serves the module (the toy world; 10 steps, one image per request). Fixtures: two
-random-direction sliders (one with ``scale_bounds`` in its metadata) and the app's own UCE example.
+random-direction sliders (one with ``scale_bounds`` in its metadata), the app's own UCE example, a
+K=2 SliderSpace folder of random rank-4 directions, and a second copy of the toy world standing in
+as the Distillation tab's "distilled" model.
 Set ``CONCEPT_EDIT_APP_SCREENSHOTS=docs/app`` to also write the README's screenshots.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ import app  # noqa: E402
 STEPS = 10
 A, B, C = "dir-a.safetensors", "dir-b.safetensors", "bounded.safetensors"
 UCE = "uce-erase-circle.safetensors"
+SPACE = "space-k2"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
@@ -39,7 +42,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _random_slider(model, path, seed, name, extra_lora=None):
+def _random_slider(model, path, seed, name, extra_lora=None, method="slider"):
     """A LoRA 'slider' with a random direction: visible at scale +-2, made in a second."""
     import torch
     from concept_edit.core.artifacts import save_lora_artifact
@@ -54,7 +57,22 @@ def _random_slider(model, path, seed, name, extra_lora=None):
     router.remove(name)
     lora = {"rank": 4, "alpha": 4.0, "group": "noxattn", "start": 0.2, "name": name,
             "recommended_scales": [-2, 2], **(extra_lora or {})}
-    save_lora_artifact(model.pipe, sd, str(path), "slider", {"name": name}, lora=lora)
+    save_lora_artifact(model.pipe, sd, str(path), method, {"name": name}, lora=lora)
+
+
+def _random_space(model, out, k=2, seed=10):
+    """A SliderSpace folder as `concept-edit sliderspace discover` writes it (manifest.json +
+    slider_XX.safetensors), with random directions instead of trained ones (no sheet.png)."""
+    out.mkdir()
+    for i in range(k):
+        _random_slider(model, out / f"slider_{i:02d}.safetensors", seed + i, f"slider_{i:02d}", method="sliderspace")
+    manifest = {"edits": [{"file": f"slider_{i:02d}.safetensors", "method": "sliderspace", "kind": "lora"}
+                          for i in range(k)],
+                "method": "sliderspace", "model": model.source, "family": model.backbone.name,
+                "prompts": ["a circle"], "components": k,
+                "sliders": [{"name": f"slider_{i:02d}", "component": i, "explained_variance": 0.1,
+                             "moves": "colour" if i == 0 else None} for i in range(k)]}
+    (out / "manifest.json").write_text(json.dumps(manifest))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +88,9 @@ def ctx(tmp_path_factory):
     _random_slider(model, arts / A, 1, "dir_a")
     _random_slider(model, arts / B, 2, "dir_b")
     _random_slider(model, arts / C, 3, "bounded", {"scale_bounds": [-2, 2]})
-    engine = app.Engine(model, str(arts), app.Limits(queue_size=16))
+    _random_space(model, arts / SPACE)
+    # a second copy of the toy world stands in as the "distilled" model
+    engine = app.Engine(model, str(arts), app.Limits(queue_size=16), distilled=ce.load())
     app.example_uce(engine, log=lambda *a: None)
     demo = app.build_app(engine)
     port = _free_port()
@@ -340,6 +360,124 @@ def test_first_start_examples_and_path_helpers(ctx, tmp_path):
     assert "empty" in said[0] and not os.listdir(tmp_path / "empty")
 
 
+# -- SliderSpace browser, Distillation, Audit ----------------------------------------------------
+def test_sliderspace_browser_gallery_strip_and_compose(ctx):
+    c = ctx.client
+    gallery, sheet, info = c.predict(space=SPACE, prompt="a circle", seed=0, scale=2.0, api_name="/space_gallery")
+    assert len(gallery) == 3                                  # the base, then one image per direction
+    assert gallery[0]["caption"].startswith("base") and gallery[1]["caption"].startswith("0: slider_00 · colour")
+    imgs = [_pixels(g["image"]) for g in gallery]
+    assert all(im.shape == (64, 64, 3) for im in imgs)
+    assert np.abs(imgs[0].astype(int) - imgs[1]).mean() > 1.0 and np.abs(imgs[0].astype(int) - imgs[2]).mean() > 1.0
+    assert sheet is None and "2 directions" in info
+    strip = _pixels(c.predict(space=SPACE, index=1, prompt="a circle", seed=0, seeds=2, scale=2.0,
+                              api_name="/space_strip"))
+    assert strip.shape[1] > 5 * 96 and 2 * 96 < strip.shape[0] < 3 * 96 + 60     # 5 scales x 2 seeds
+    base, mixed, info = c.predict(space=SPACE, prompt="a circle", seed=0, direction_1="slider_00", scale_1=2.0,
+                                  direction_2="slider_01", scale_2=-1.0, api_name="/space_compose")
+    assert _bytes(base) == _bytes(gallery[0]["image"])
+    assert np.abs(_pixels(base).astype(int) - _pixels(mixed)).mean() > 1.0
+    assert "slider_00 @ 2" in info and "slider_01 @ -1" in info
+    _, same, _ = c.predict(space=SPACE, prompt="a circle", seed=0, direction_1="slider_00", scale_1=2.0,
+                           api_name="/space_compose")
+    assert np.array_equal(_pixels(same), imgs[1])           # one direction: the gallery's image
+    _refused(lambda: c.predict(space=SPACE, prompt="a circle", seed=0, direction_1="slider_07", scale_1=1.0,
+                               api_name="/space_compose"), "not a slider of")
+    _refused(lambda: c.predict(space=SPACE, index=2, prompt="a circle", seed=0, seeds=1, scale=2.0,
+                               api_name="/space_strip"), "direction", "between 0 and 1")
+    _refused(lambda: c.predict(space=SPACE, prompt="a circle", seed=0, scale=50.0, api_name="/space_gallery"),
+             "50")
+
+
+def test_sliderspace_paths_outside_the_artifacts_folder_are_refused(ctx, tmp_path):
+    c = ctx.client
+    gal = lambda name: c.predict(space=name, prompt="a circle", seed=0, scale=2.0, api_name="/space_gallery")  # noqa: E731
+    for bad in ("..", "../" + ctx.arts.name, "/etc", str(tmp_path), f"{SPACE}/../../x"):
+        _refused(lambda: gal(bad), "outside")
+    _refused(lambda: gal(".app-cache"), "hidden")
+    _refused(lambda: gal("nope"), "not a SliderSpace folder")
+    outside = tmp_path / "outside-space"                       # a valid space, but outside the folder
+    shutil.copytree(ctx.arts / SPACE, outside)
+    link = ctx.arts / "linked-space"
+    os.symlink(outside, link)
+    try:
+        _refused(lambda: gal(link.name), "outside")
+    finally:
+        link.unlink()
+    # a manifest inside the folder whose slider file points out of it
+    evil = ctx.arts / "evil-space"
+    evil.mkdir()
+    try:
+        (evil / "manifest.json").write_text(json.dumps({"edits": [{"file": "../" + A}]}))
+        _refused(lambda: gal(evil.name), "names no .safetensors file of the folder")
+        os.symlink(outside / "slider_00.safetensors", evil / "slider_00.safetensors")
+        (evil / "manifest.json").write_text(json.dumps({"edits": [{"file": "slider_00.safetensors"}]}))
+        _refused(lambda: gal(evil.name), "outside")
+    finally:
+        shutil.rmtree(evil)
+    assert [v for _, v in ctx.engine.space_choices()] == [SPACE]
+
+
+def test_distillation_base_distilled_hybrid_with_diversity(ctx, tmp_path):
+    c = ctx.client
+    base, dist, hybrid, table, text = c.predict(prompt="a circle", seed=0, n=4, switch=1, steps=4,
+                                                api_name="/distill")
+    assert len(base) == len(dist) == len(hybrid) == 4
+    assert all(" · " in g["caption"] for g in base + dist + hybrid)       # toy classifier labels
+    rows = table["data"]
+    assert [r[0] for r in rows] == ["base", "distilled", "hybrid"] and table["headers"] == app.DIVERSITY_COLS
+    assert all(r[1] == 4 and all(isinstance(v, (int, float)) for v in r[2:]) for r in rows)
+    assert "4-step schedule (t = " in text and "1 base step(s), then 3 distilled" in text
+    # the "distilled" model is the toy world itself: the three sets are the same images, and
+    # the four seeds differ from each other
+    for i in range(4):
+        assert _bytes(base[i]["image"]) == _bytes(dist[i]["image"]) == _bytes(hybrid[i]["image"])
+    assert len({_bytes(g["image"]) for g in base}) == 4
+    assert rows[0][2:] == rows[1][2:] == rows[2][2:]
+    _refused(lambda: c.predict(prompt="a circle", seed=0, n=4, switch=5, steps=4, api_name="/distill"),
+             "switch step", "between 0 and 4")
+    with pytest.raises(app.AppError, match="number of images"):     # the page's slider stops at 2 too
+        ctx.engine.distill("a circle", 0, 1, 1, 4)
+    # no distilled model: a one-line note on how to make one
+    e = app.Engine(ctx.model, str(tmp_path / "arts"))
+    note = e.distill_note()
+    assert "concept-edit toyworld distill" in note and "\n" not in note
+    with pytest.raises(app.AppError, match="concept-edit toyworld distill"):
+        e.distill("a circle", 0, 4, 1, 4)
+
+
+def test_audit_quick_on_the_uce_example(ctx):
+    c = ctx.client
+    summary, table, files, report = c.predict(edit=UCE, concept="circle", probes=["standard", "alternatives"],
+                                              seed=0, api_name="/audit")
+    assert "--budget quick" in summary and "standard" in summary
+    rows = {r[0]: r for r in table["data"]}
+    assert set(rows) == {"standard", "alternatives"} and table["headers"] == app.AUDIT_COLS
+    std = dict(zip(app.AUDIT_COLS, rows["standard"]))
+    assert std["status"] == "ok" and std["base rate"] > std["edited rate"]      # UCE erased circle
+    names = sorted(os.path.basename(f) for f in files)
+    assert names == ["report.html", "results.json"]
+    res = json.loads(open(next(f for f in files if f.endswith(".json"))).read())
+    assert res["budget"] == "quick" and list(res["probes"]) == ["standard", "alternatives"]
+    assert res["edits"][0]["file"] == UCE
+    assert "<iframe" in report and "Erasure audit: circle" in report
+    _refused(lambda: c.predict(edit=A, concept="circle", probes=["standard"], seed=0, api_name="/audit"),
+             "is a slider")
+    _refused(lambda: c.predict(edit="../" + UCE, concept="circle", probes=["standard"], seed=0,
+                               api_name="/audit"), "outside")
+    _refused(lambda: c.predict(edit=UCE, concept="circle", probes=[], seed=0, api_name="/audit"),
+             "at least one probe")
+    with pytest.raises(app.AppError, match="unknown audit concept"):
+        ctx.engine.audit(UCE, "../../etc/passwd", ["standard"], 0, progress=False)
+    # the time bound stops an audit at its first sampling step past it
+    old, ctx.engine.limits.max_audit_s = ctx.engine.limits.max_audit_s, 0.0
+    try:
+        with pytest.raises(app.AppError, match="bound"):
+            ctx.engine.audit(UCE, "circle", ["standard"], 0, progress=False)
+    finally:
+        ctx.engine.limits.max_audit_s = old
+
+
 # -- a real browser ------------------------------------------------------------------------------
 def _chromium() -> str | None:
     return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -419,6 +557,17 @@ def test_browser_loads_moves_a_slider_generates_and_screenshots(ctx, tmp_path):
             assert (tmp_path / "sliders.png").stat().st_size > 10_000
             print(f"\n[browser] page load -> first image {first:.2f} s; slider release -> new image "
                   f"{moved:.2f} s (default {ctx.engine.steps} steps)")
+            # the newer tabs render; a click on a SliderSpace direction shows its strip
+            page.get_by_role("tab", name="Distillation").click()
+            page.wait_for_selector("#distill-base", timeout=30_000)
+            page.get_by_role("tab", name="Audit").click()
+            page.wait_for_selector("#audit-edit", timeout=30_000)
+            page.get_by_role("tab", name="SliderSpace").click()
+            page.get_by_role("button", name="Show directions").click()
+            page.wait_for_selector("#space-gallery img", timeout=120_000)
+            page.locator("#space-gallery img").nth(2).click()               # direction 1
+            page.wait_for_selector("#space-strip img", timeout=120_000)
+            assert page.input_value("#space-index input[type=number]") == "1"
             if shots:
                 screenshot_tabs(page, shots, tmp_path / "sliders.png")
         finally:

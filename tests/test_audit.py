@@ -255,3 +255,25 @@ def test_audit_shards_sampling_under_accelerate_launch(tiny_dirs, tmp_path):
             if f.endswith(".png"):
                 assert (tmp_path / "one" / "images" / name / f).read_bytes() == \
                     (tmp_path / "two" / "images" / name / f).read_bytes(), f
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl", "sd3", "flux", "pixart"])
+def test_every_probe_on_every_family(tiny_dirs, concept, family, tmp_path):
+    """The same audit on each tiny family (SD1 is the module's fixture): every probe runs or says
+    in one line why it does not apply to this family, and the report is written."""
+    from concept_edit.core.loading import load_pipeline
+
+    pipe = load_pipeline(tiny_dirs(family))
+    res = audit(pipe, pipe, concept, probes="all", seed=3, scorer=bright, overrides=TINY,
+                cache_dir=str(tmp_path / "cache"), size=32)
+    status = {n: p["status"] for n, p in res["probes"].items()}
+    assert set(status) == set(ORDER)
+    ran = [n for n, s in status.items() if s == "ok"]
+    assert {"standard", "completion", "inpaint", "ringabell", "interference", "alternatives"} <= set(ran), status
+    for n, s in status.items():
+        assert s == "ok" or (s.startswith("skipped: ") and "\n" not in s), (n, s)
+    for n in ran:
+        recs = res["probes"][n]["records"]
+        assert recs and all(r["label"] in ("circle", "square") for r in recs if r.get("label") is not None), n
+    write_report(res, str(tmp_path / "rep"))
+    assert (tmp_path / "rep" / "report.html").exists()
