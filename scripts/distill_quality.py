@@ -135,7 +135,10 @@ def slider_transfer(base, turbo, path, seeds, clf, batch):
     """Radius effect (+2 minus -2) and colour/background kept (rate at +-2 / rate at 0)."""
     jobs = [(p, s) for p in SLIDER for s in seeds]
     out = {}
-    for name, start in (("base", None), ("student", 0), ("student", 1), ("hybrid-1", 1)):
+    # step 2 of the student's grid (t = 499) is the first at or after the file's own start on the
+    # base (0.24 of 25 DDIM steps = step 6, t = 721): the start carried over as a timestep
+    for name, start in (("base", None), ("student", 0), ("student", 1), ("student", 2), ("hybrid-1", 1),
+                        ("hybrid-1", 2)):
         go = runner(base, turbo, name)
         key = name if start is None else f"{name}@step{start}"
         per = {}
