@@ -304,9 +304,11 @@ class TokenPatch:
 
     @staticmethod
     def _single(tok, word):
+        """The word's one token id, when it is one token alone and inside a prompt (sentencepiece
+        tokenizers can split a word differently after a space)."""
         ids = tok(word, add_special_tokens=False)["input_ids"]
         ids = [i for i in ids if i not in set(tok.all_special_ids)]
-        if len(ids) == 1:
+        if len(ids) == 1 and ids[0] in tok(f"a {word} on a background", add_special_tokens=False)["input_ids"]:
             return ids[0]
         return None
 

@@ -19,7 +19,7 @@ import torch
 
 from ...core.backbones import backbone_of
 from ...core.config import ConfigError, StrictConfig, field
-from ._base import Probe, TokenPatch, diffusion_loss, pick, sample_levels
+from ._base import Probe, ProbeSkipped, TokenPatch, diffusion_loss, pick, sample_levels
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ def attack_prompt(ctx, cfg, prompt: str, seed: int, x0: torch.Tensor, unit: str)
         for i in tok(ctx.concept.word, add_special_tokens=False)["input_ids"]:
             allowed[i] = False
     if any(E.shape[0] != vocab for E in Es):
-        raise ConfigError("the attack needs text encoders sharing one vocabulary")
+        raise ProbeSkipped("the attack needs text encoders sharing one vocabulary (this model has several of different sizes)")
     cand = allowed.nonzero()[:, 0]
     init = cand[torch.randint(0, len(cand), (cfg.k,), generator=g)]
     p = torch.zeros(cfg.k, vocab)

@@ -19,7 +19,7 @@ import torch
 
 from ...core.backbones import backbone_of
 from ...core.config import ConfigError, StrictConfig, field
-from ._base import Probe, TokenPatch, diffusion_loss, pick, sample_levels
+from ._base import Probe, ProbeSkipped, TokenPatch, diffusion_loss, pick, sample_levels
 
 
 @dataclasses.dataclass
@@ -80,6 +80,8 @@ def invert(pipe, x0: torch.Tensor, prompts: list[str], patch: TokenPatch, cfg, s
             with patch.active(vecs):
                 cond = bb.encode(pipe, pr, grad=True)
             loss = diffusion_loss(pipe, x0[idx], cond, lvl, noise, size).mean()
+            if not loss.requires_grad:
+                raise ProbeSkipped("this model's prompt encoding gives the placeholder no gradient")
             opt.zero_grad()
             loss.backward()
             opt.step()
