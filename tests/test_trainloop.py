@@ -86,7 +86,16 @@ def test_esd_direct_interrupt_and_resume(tiny_pipe, tmp_path):
     assert b.loop.start == 2 and b.loop.ran == 2 and _same(a, b)
 
 
-def test_loop_ctrl_c_waits_for_the_update_and_progress(tiny_pipe, tmp_path):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler, as in a terminal: a shell's background job (nohup ... &)
+    starts with SIGINT ignored, and an ignored Ctrl-C is left ignored by the loop."""
+    prev = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, prev)
+
+
+def test_loop_ctrl_c_waits_for_the_update_and_progress(tiny_pipe, tmp_path, python_sigint):
     """SIGINT inside the optimiser update lands after it: the checkpoint holds that step, whole.
     The progress callback sees (step, total, logs, t) with increasing perf_counter times."""
     pipe = tiny_pipe("sd1")
