@@ -277,3 +277,18 @@ def test_every_probe_on_every_family(tiny_dirs, concept, family, tmp_path):
         assert recs and all(r["label"] in ("circle", "square") for r in recs if r.get("label") is not None), n
     write_report(res, str(tmp_path / "rep"))
     assert (tmp_path / "rep" / "report.html").exists()
+
+
+def test_alternatives_reports_what_replaces_the_concept(results):
+    """The replaced samples' label shares (issue 14's replacement distribution) in the extras."""
+    from concept_edit.eval.probes.alternatives import replacement
+
+    assert replacement({"circle": 2, "star": 6, "square": 2}, "circle") == \
+        {"n": 8, "shares": {"star": 0.75, "square": 0.25}, "top": "star", "top_share": 0.75}
+    assert replacement({"circle": 4}, "circle") == {"n": 0, "shares": {}, "top": None, "top_share": 0.0}
+    a, _, _ = results
+    ex = a["probes"]["alternatives"]["extras"]
+    for model in ("base", "edited"):
+        rb, hist = ex["replaced_by"][model], ex["labels"][model]
+        assert rb["n"] == sum(v for k, v in hist.items() if k != "circle")
+        assert rb["n"] == 0 or abs(sum(rb["shares"].values()) - 1) < 1e-3
