@@ -154,12 +154,14 @@ def test_lora_step_schedule_switches(tiny_pipe, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_lora_merged_inference_matches_unmerged(tiny_pipe, family, monkeypatch):
+def test_lora_merged_inference_matches_unmerged(tiny_dirs, family, monkeypatch):
     import contextlib
 
     import concept_edit.core.sampling as sampling
+    from concept_edit.core.loading import load_pipeline
 
-    pipe = tiny_pipe(family)
+    pipe = load_pipeline(tiny_dirs(family))   # its own copy: a shared pipeline's state from other tests
+    # changed the numbers here (in a full run tiny SD2 drifted 0.9 levels on average, alone 0.14)
     router = lora_router(pipe)
     router.add("s", resolve_sites(pipe, "noxattn"), rank=2)
     g = torch.Generator().manual_seed(0)
