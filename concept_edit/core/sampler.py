@@ -52,13 +52,10 @@ class SampleResult:
     states: list[torch.Tensor] = dataclasses.field(default_factory=list)  # x_t before each step
 
 
-@torch.no_grad()
-def decode(pipe, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """``decode(pipe, res.x0[-1], 64, 64)``: pipeline-form latents -> (N, H, W, 3) floats in
-    [0, 1], as ``pipe(output_type='np')`` decodes them."""
-    vae, z = pipe.vae, latents
-    if backbone_of(pipe).sampler["packed"]:
-        z = pipe._unpack_latents(z, height, width, pipe.vae_scale_factor)
+def decode_tensor(pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pipeline-form latents -> images in [-1, 1] (N, 3, H, W), differentiable (VAE scaling,
+    shift and per-channel statistics undone; packed DiT latents unpacked)."""
+    vae, z = pipe.vae, backbone_of(pipe).unpack(pipe, latents, height, width)
     cfg = vae.config
     mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
     if mean is not None and std is not None:
@@ -66,7 +63,14 @@ def decode(pipe, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
         z = z * torch.tensor(std).view(view).to(z) / cfg.scaling_factor + torch.tensor(mean).view(view).to(z)
     else:
         z = z / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
-    img = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+    return vae.decode(z.to(vae.dtype), return_dict=False)[0]
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """``decode(pipe, res.x0[-1], 64, 64)``: pipeline-form latents -> (N, H, W, 3) floats in
+    [0, 1], as ``pipe(output_type='np')`` decodes them."""
+    img = decode_tensor(pipe, latents, height, width)
     return pipe.image_processor.postprocess(img.detach(), output_type="np")
 
 

@@ -133,20 +133,10 @@ def x0_hat(pipe, prompts: list[str], start: torch.Tensor, seeds: list[int], step
 
 
 def decode_tensor(pipe, latents: torch.Tensor, size: int) -> torch.Tensor:
-    """Pipeline-form latents -> images in [-1, 1] (N, 3, H, W), differentiable (the VAE decode
-    of ``core.sampler.decode`` without its no_grad and post-processing)."""
-    from ...core.backbones import backbone_of
+    """Pipeline-form latents -> images in [-1, 1] (N, 3, H, W), differentiable, fp32."""
+    from ...core.sampler import decode_tensor as core_decode
 
-    vae = pipe.vae
-    z = backbone_of(pipe).unpack(pipe, latents, size, size)
-    cfg = vae.config
-    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
-    if mean is not None and std is not None:
-        view = (1, -1, 1, 1)
-        z = z * torch.tensor(std).view(view).to(z) / cfg.scaling_factor + torch.tensor(mean).view(view).to(z)
-    else:
-        z = z / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
-    return vae.decode(z.to(vae.dtype), return_dict=False)[0].float()
+    return core_decode(pipe, latents, size, size).float()
 
 
 # -- the run ------------------------------------------------------------------------------------
