@@ -8,9 +8,11 @@ from concept_edit.methods.esd import EsdConfig
 from concept_edit.methods.slider import SliderConfig
 from concept_edit.eval.audit import AuditConcept
 from concept_edit.methods.uce import UceConfig
+from concept_edit.toyworld.config import ToyTrainConfig
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
-CLASSES = {"esd": EsdConfig, "sliders": SliderConfig, "uce": UceConfig, "audit": AuditConcept}
+CLASSES = {"esd": EsdConfig, "sliders": SliderConfig, "uce": UceConfig, "audit": AuditConcept,
+           "toyworld": ToyTrainConfig}
 FILES = sorted(glob.glob(os.path.join(ROOT, "*", "*.yaml")))
 
 

@@ -196,6 +196,7 @@ def add_cli(sub) -> None:
 
     t = add_command(ts, "train", "train the toy world from scratch (resumable; hours on 2 CPU cores)", [
         "concept-edit toyworld train --work .cache/toyworld --out weights/toy-world   # rerun to resume",
+        "concept-edit toyworld train --config configs/toyworld/mmdit.yaml   # the toy MMDiT (SD3-style)",
         "concept-edit toyworld train --unet-steps 200 --out out/toy-small --classifier-out out/clf"])
     add_config_args(t, ToyTrainConfig)
     t.set_defaults(func=cmd_train, check=lambda a: config_from_args(a, ToyTrainConfig))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import warnings
 
@@ -115,6 +116,17 @@ def _single_file(path: str, dt, family: str | None):
                              "offline, convert it to a diffusers directory where the hub is reachable") from e
 
 
+def _null_components(d: str) -> dict:
+    """{name: None} for components saved as null (SD3 without T5): diffusers wants them passed."""
+    try:
+        with open(os.path.join(d, "model_index.json")) as f:
+            index = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {k: None for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] is None
+            and k not in ("feature_extractor", "image_encoder", "safety_checker")}
+
+
 def load_pipeline_raw(model: str | None = None, dtype="fp32", device: str = "cpu",
                       attention: str = "sdpa", family: str | None = None, progress: bool = False,
                       quiet: bool = True):
@@ -135,7 +147,8 @@ def load_pipeline_raw(model: str | None = None, dtype="fp32", device: str = "cpu
             pipe = _single_file(model, dt, family)
         elif os.path.isdir(model):
             _check_dir(model)
-            pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, **_dtype_kw(dt))
+            pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, **_null_components(model),
+                                                     **_dtype_kw(dt))
         else:
             looks_local = model.startswith((".", "/", "~")) or os.sep in model and model.count("/") != 1
             if looks_local:

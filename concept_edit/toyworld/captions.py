@@ -31,12 +31,14 @@ def caption(shape: str, colour: str | None = None, size: str | None = None,
     return " ".join(words)
 
 
-def sample_caption(scene: Scene, rng: np.random.Generator, p_drop: float = P_DROP,
+def sample_caption(scene: Scene, rng: np.random.Generator, p_drop: float | tuple = P_DROP,
                    p_empty: float = P_EMPTY) -> str:
-    """A caption of ``scene`` with attribute dropout; '' with probability ``p_empty``."""
+    """A caption of ``scene`` with attribute dropout; '' with probability ``p_empty``.
+
+    ``p_drop``: one probability, or (size, colour, background) probabilities."""
     if rng.random() < p_empty:
         return ""
-    keep = rng.random(3) >= p_drop
+    keep = rng.random(3) >= np.asarray(p_drop, dtype=float)
     return caption(scene.shape, scene.colour if keep[1] else None,
                    scene.size if keep[0] else None, scene.background if keep[2] else None)
 

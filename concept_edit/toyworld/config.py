@@ -36,8 +36,24 @@ class ToyTrainConfig(StrictConfig):
     ckpt_every: int = field(250, "checkpoint period (steps)")
     eval_every: int = field(1000, "quick classifier check of samples during UNet training")
     threads: int = field(2, "torch CPU threads")
+    arch: str = field("unet", "denoiser: unet (StableDiffusionPipeline, epsilon) | mmdit (StableDiffusion3Pipeline, "
+                              "flow matching); the unet_* settings then apply to the MMDiT")
+    base_vae: str = field("", "reuse the VAE of this toy pipeline (and the classifier) instead of training one")
+    drop_size: float = field(0.2, "caption dropout of the size word")
+    drop_colour: float = field(0.2, "caption dropout of the colour word (higher: unnamed colour varies more)")
+    drop_background: float = field(0.2, "caption dropout of the background phrase")
+    dit_width: int = field(128, "MMDiT hidden width (heads of 32)")
+    dit_layers: int = field(4, "MMDiT joint blocks")
+    flow_shift: float = field(1.0, "FlowMatchEulerDiscreteScheduler shift of the shipped MMDiT sampler")
 
     def check(self):
+        if self.arch not in ("unet", "mmdit"):
+            raise ConfigError(f"arch must be unet or mmdit, got {self.arch!r}")
+        for k in ("drop_size", "drop_colour", "drop_background"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ConfigError(f"{k} must be in [0, 1), got {getattr(self, k)}")
+        if self.dit_width % 32:
+            raise ConfigError(f"dit_width must be a multiple of 32 (heads of 32), got {self.dit_width}")
         for k in ("n_images", "vae_steps", "clf_steps", "unet_steps", "unet_batch", "ckpt_every"):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")

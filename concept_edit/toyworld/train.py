@@ -31,6 +31,10 @@ def _gen(cfg, stage: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(cfg.seed * 1_000_003 + stage * 10_007 + step)
 
 
+def _drops(cfg) -> tuple[float, float, float]:
+    return cfg.drop_size, cfg.drop_colour, cfg.drop_background
+
+
 def _lr(step: int, total: int, warmup: int = 200, floor: float = 0.05) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -227,7 +231,7 @@ def stage_unet(cfg, ds: Dataset, latents: torch.Tensor, vae, scale: float, token
         g = _gen(cfg, 4, step)
         rng = np.random.default_rng(cfg.seed * 7919 + step)
         idx = torch.randint(len(ds), (cfg.unet_batch,), generator=g)
-        caps = [sample_caption(ds.scene(int(i)), rng) for i in idx]
+        caps = [sample_caption(ds.scene(int(i)), rng, _drops(cfg)) for i in idx]
         tok = torch.stack([ids[c] for c in caps])
         x0 = lat[idx]
         noise = torch.randn(x0.shape, generator=g)
@@ -277,19 +281,25 @@ def assemble(vae, unet, te, tokenizer, scale: float):
 
 @torch.inference_mode()
 def quick_eval(cfg, vae, scale, unet, te, tokenizer, n: int = 64) -> dict:
+    out = score_pipe(cfg, assemble(vae, unet, te, tokenizer, scale), n)
+    unet.train()
+    te.train()
+    return out
+
+
+@torch.inference_mode()
+def score_pipe(cfg, pipe, n: int = 64) -> dict:
+    """Share of ``n`` random full prompts (seeded) whose attributes the classifier sees."""
     from .captions import caption
     from .classifier import load_classifier, predict
     from .render import sample_scene
 
-    pipe = assemble(vae, unet, te, tokenizer, scale)
     rng = np.random.default_rng(123)
     scenes = [sample_scene(rng=rng) for _ in range(n)]
     prompts = [caption(s.shape, s.colour, s.size, s.background) for s in scenes]
     img = pipe(prompts, num_inference_steps=25, guidance_scale=5.0, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
     preds = predict(load_classifier(cfg.classifier_out), (img * 255).round().astype(np.uint8))
-    unet.train()
-    te.train()
     return {k: round(float(np.mean([p[k] == getattr(s, k) for p, s in zip(preds, scenes)])), 3)
             for k in ("shape", "colour", "size", "background")}
 
@@ -325,6 +335,10 @@ def write_tokenizer_vocab(d: str) -> None:
 def run(cfg: ToyTrainConfig) -> str:
     from ..core.tokenizers import clip_tokenizer
 
+    if cfg.arch == "mmdit":
+        from .mmdit import run as run_mmdit
+
+        return run_mmdit(cfg)
     torch.set_num_threads(cfg.threads)
     os.makedirs(cfg.work, exist_ok=True)
     t0 = time.time()

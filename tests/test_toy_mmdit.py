@@ -1,0 +1,62 @@
+"""The toy MMDiT recipe (weights/toy-mmdit): exact training shortcut, resumable run, plain loading."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from concept_edit.toyworld.mmdit import RepeatedTokenAttn, encode, make_text_encoders, make_transformer
+
+
+def test_repeated_token_attention_is_the_pipelines_function():
+    """One zero token with ln 256 on its logit == the plain pipeline's 256 zero T5 tokens."""
+    torch.manual_seed(0)
+    tr, (te1, te2) = make_transformer(64, 2).eval(), make_text_encoders()
+    ids = torch.randint(0, 49408, (2, 77))
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([300.0, 800.0])
+    with torch.no_grad():
+        ctx, pooled = encode(te1, te2, ids, ids, 256)
+        full = tr(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled, timestep=t).sample
+        ctx1, _ = encode(te1, te2, ids, ids, 1)
+        wrong = tr(hidden_states=x, encoder_hidden_states=ctx1, pooled_projections=pooled, timestep=t).sample
+        tr.set_attn_processor(RepeatedTokenAttn(256))
+        short = tr(hidden_states=x, encoder_hidden_states=ctx1, pooled_projections=pooled, timestep=t).sample
+    assert (full - short).abs().max() < 1e-5 * max(1.0, full.abs().max().item())
+    assert (full - wrong).abs().max() > 1e-3  # without the bias one token is not 256
+
+
+@pytest.mark.timeout(300)
+def test_mmdit_recipe_trains_resumes_and_loads_plainly(tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    from concept_edit.core.config import ConfigError
+    from concept_edit.core.loading import load
+    from concept_edit.core.sampler import sample
+    from concept_edit.toyworld.config import ToyTrainConfig
+    from concept_edit.toyworld.train import run
+
+    from concept_edit.core.io import load_safetensors
+
+    kw = dict(arch="mmdit", base_vae="weights/toy-world", n_images=64, unet_batch=4, eval_every=0,
+              ckpt_every=2, threads=1, dit_width=64, dit_layers=2)
+    with pytest.raises(ConfigError, match="arch"):
+        ToyTrainConfig(arch="vit").check()
+    run(ToyTrainConfig(**kw, work=str(tmp_path / "w"), unet_steps=2, out=str(tmp_path / "a")))
+    os.remove(tmp_path / "w" / "mmdit-final.safetensors")  # resume from the step-2 checkpoint
+    out = run(ToyTrainConfig(**kw, work=str(tmp_path / "w"), unet_steps=4, out=str(tmp_path / "b")))
+    run(ToyTrainConfig(**kw, work=str(tmp_path / "w2"), unet_steps=4, out=str(tmp_path / "c")))
+    resumed = load_safetensors(str(tmp_path / "w" / "mmdit-final.safetensors"))
+    straight = load_safetensors(str(tmp_path / "w2" / "mmdit-final.safetensors"))
+    assert all(torch.allclose(resumed[k], straight[k], atol=1e-6) for k in straight)
+    assert not torch.equal(resumed["tr.proj_out.weight"],
+                           load_safetensors(str(tmp_path / "w" / "mmdit-ckpt.safetensors"))["tr.proj_out.weight"])
+    pipe = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)
+    assert pipe.vae.config.shift_factor is not None and pipe.tokenizer_2.pad_token == "!"
+    ref = pipe("a red circle", num_inference_steps=3, guidance_scale=5.0, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    ours = sample(load(out).pipe, ["a red circle"], seed=0, steps=3).images
+    assert ours.shape == (1, 64, 64, 3) and np.abs(ours - ref).max() < 1e-5
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
+    assert size < 40e6 and not any(f.endswith((".bin", ".pt")) for _, _, fs in os.walk(out) for f in fs)
+    vae_a = open(tmp_path / "a" / "vae" / "diffusion_pytorch_model.safetensors", "rb").read()
+    assert vae_a == open(os.path.join(out, "vae", "diffusion_pytorch_model.safetensors"), "rb").read()
