@@ -339,12 +339,14 @@ def main():
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override slider / ESD / UCE (--config) keys (YAML values), e.g. --set train_after_start=true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default=None, help="a toy-world pipeline (default: the embedded weights/toy-world; "
+                                                   "weights/toy-mmdit for the MMDiT)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     ATTR_GUIDE["others"] = a.attr_guide == "others"
     if a.attr_eta is not None:
         ETA.update(colour=a.attr_eta, background=a.attr_eta)
-    pipe = load_pipeline()
+    pipe = load_pipeline(a.model)
     {"uce": run_uce, "esd": run_esd, "slider": run_slider}[a.what](pipe, a)
 
 
