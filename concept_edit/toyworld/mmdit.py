@@ -10,7 +10,7 @@ T5 (the pipeline then fills the T5 stream with zero tokens); an ``SD3Transformer
 trained by rectified flow: ``x_s = (1 - s) x0 + s e``, target ``e - x0``, ``s`` logit-normal as
 in SD3, timestep ``1000 s``.
 
-An exact shortcut makes training about 3x cheaper: plain diffusers feeds 256 zero T5 tokens
+An exact shortcut makes training cheaper: plain diffusers feeds 256 zero T5 tokens
 (``max_sequence_length``); they are identical in every block (no positions on the text stream),
 so training carries one of them and adds ``ln 256`` to its attention logit
 (:class:`RepeatedTokenAttn`), the same function as the plain pipeline's (tested). The shipped
