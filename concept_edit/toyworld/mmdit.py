@@ -131,7 +131,7 @@ def assemble(vae, tr, te1, te2, tok1, tok2, shift: float, scale: float, flow_shi
 
 def stage_mmdit(cfg, ds, latents: torch.Tensor, shift: float, scale: float, toks, on_eval=None):
     from .captions import all_prompts
-    from .train import _Ckpt, _drops, _gen, _lr
+    from .train import _Ckpt, _drops, _gen, _lr, _tokenize_cache
 
     done = os.path.join(cfg.work, "mmdit-final.safetensors")
     names = ("tr", "te1", "te2")
@@ -158,9 +158,7 @@ def stage_mmdit(cfg, ds, latents: torch.Tensor, shift: float, scale: float, toks
     start = ck.load({**live, **{"ema_" + n: m for n, m in ema.items()}}, opt, sopt)
     tr, te1, te2 = (live[n].train() for n in names)
     tr.set_attn_processor(RepeatedTokenAttn(T5_ZERO_TOKENS))
-    caps = [""] + [p["prompt"] for p in all_prompts()]
-    ids = [dict(zip(caps, t(caps, padding="max_length", max_length=t.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids)) for t in toks]
+    ids = [_tokenize_cache(t, [""] + [p["prompt"] for p in all_prompts()]) for t in toks]
     lat = (latents - shift) * scale
     log = open(os.path.join(cfg.work, "mmdit-log.jsonl"), "a")
     bar = tqdm(range(start, cfg.unet_steps), desc="mmdit", initial=start, total=cfg.unet_steps)
