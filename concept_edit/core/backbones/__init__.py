@@ -67,6 +67,7 @@ class Backbone:
     pack_fn: Callable = _identity_pack
     unpack_fn: Callable | None = None
     sampler: dict = dataclasses.field(default_factory=dict)  # the native sampler's data (SAMPLER)
+    null_stream: tuple = ()             # (encoder attribute, n): without it, n identical null tokens
 
     # -- sites ---------------------------------------------------------------------------------
     def sites(self, pipe_or_module, group: str) -> list[str]:
@@ -179,7 +180,8 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
     Backbone("sd3", "Stable Diffusion 3 (MMDiT, flow matching)", site_table=_sites.MMDIT,
              text_kwargs=("encoder_hidden_states", "pooled_projections"), encoder=_text.encode_sd3,
              size=1024, steps=28, guidance=7.0, segments=(("tokenizer", 0), ("tokenizer_3", 77)),
-             text_reads_timestep=True, single_file=("StableDiffusion3Pipeline", "joint_blocks"), **_DIT),
+             text_reads_timestep=True, single_file=("StableDiffusion3Pipeline", "joint_blocks"),
+             null_stream=("text_encoder_3", 256), **_DIT),
     Backbone("flux", "FLUX (MMDiT, flow matching, guidance-distilled)", site_table=_sites.MMDIT,
              text_kwargs=("encoder_hidden_states", "pooled_projections"), encoder=_text.encode_flux,
              shared_kwargs=("txt_ids", "img_ids"), timestep_scale=1000.0, size=1024, steps=28,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ...core.artifacts import Artifact, lora_edit, weights_edit
 from ...core.denoise import CondTable, Denoiser
 from ...core.families import resolve_sites
+from ...core.null_tokens import null_token_shortcut
 from ...core.sampling import pipe_defaults
 from ...core.trainloop import TrainLoop
 from ...core.training import EditParams, activation_checkpointing
@@ -100,6 +101,12 @@ def train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: b
               progress=True, stop_at: int | None = None) -> EsdResult:
     """Train; ``stop_at`` ends early after that step (resumable); ``progress``: bool or
     ``fn(step, total, logs, t)`` (see :class:`~concept_edit.core.trainloop.TrainLoop`)."""
+    with null_token_shortcut(pipe):   # exact; SD3 without T5 trains ~3x faster
+        return _train_esd(pipe, cfg, checkpoint_dir, resume, progress, stop_at)
+
+
+def _train_esd(pipe, cfg: EsdConfig, checkpoint_dir: str | None = None, resume: bool = False,
+               progress=True, stop_at: int | None = None) -> EsdResult:
     loop = TrainLoop(pipe, cfg.iterations, seed=cfg.seed, checkpoint_dir=checkpoint_dir, resume=resume,
                      every=cfg.checkpoint_every, stop_at=stop_at, progress=progress,
                      desc=f"esd-{cfg.variant}")

@@ -44,6 +44,7 @@ from ...core.backbones import SiteError
 from ...core.backbones import sites as site_tables
 from ...core.hooks import hooks
 from ...core.model import model_of
+from ...core.null_tokens import null_token_shortcut
 from ...core.paths import get_module
 from ...core.sampler import sample
 from ...core.trainloop import TrainLoop
@@ -198,6 +199,11 @@ def discover(model, cfg: SliderSpaceConfig, progress=None, checkpoint_dir: str |
     ``progress``: True/None (a bar per stage), False, or a TrainLoop callback
     ``fn(step, total, logs, t)`` for the training stage."""
     model = model_of(model)
+    with null_token_shortcut(model.pipe):   # exact; SD3 without T5 runs ~3x faster
+        return _discover(model, cfg, progress, checkpoint_dir, resume)
+
+
+def _discover(model, cfg: SliderSpaceConfig, progress, checkpoint_dir, resume) -> SliderSpaceResult:
     pipe, bb = model.pipe, model.backbone
     t_all = time.perf_counter()
     label, paths = resolve_sites(model, cfg.sites)  # before any work: bad sites fail at once
