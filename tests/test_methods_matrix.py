@@ -31,10 +31,18 @@ def test_every_registered_method_has_a_tiny_config():
     assert sorted(TINY) == METHODS.names()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+TOY_MMDIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "toy-mmdit")
+
+
+@pytest.mark.parametrize("family", FAMILIES + ("toy-mmdit",))  # the last row: the trained toy MMDiT
 @pytest.mark.parametrize("method", sorted(TINY))
 def test_method_contract(tiny_pipe, tiny_dirs, family, method, tmp_path):
-    pipe = tiny_pipe(family)
+    if family == "toy-mmdit":
+        from concept_edit.core.loading import load_pipeline
+
+        pipe, where, family = load_pipeline(TOY_MMDIT), TOY_MMDIT, "sd3"
+    else:
+        pipe, where = tiny_pipe(family), tiny_dirs(family)
     model = model_of(pipe)
     m = METHODS.get(method)
     s = SampleSettings(prompt="a circle", n=1, seed=3, steps=2)
@@ -54,14 +62,15 @@ def test_method_contract(tiny_pipe, tiny_dirs, family, method, tmp_path):
     h.remove()
     assert np.array_equal(generate(pipe, s, progress=False), base)        # remove = base, exactly
     assert edited.shape == base.shape
-    _plain_diffusers(tiny_dirs(family), family, files[0], art.meta["kind"])
+    _plain_diffusers(where, family, files[0], art.meta["kind"])
 
 
 def _plain_diffusers(d, family, path, kind):
     from diffusers import DiffusionPipeline
     from safetensors.torch import load_file
 
-    pipe = DiffusionPipeline.from_pretrained(d)
+    none = {"text_encoder_3": None, "tokenizer_3": None} if d == TOY_MMDIT else {}  # SD3 without T5
+    pipe = DiffusionPipeline.from_pretrained(d, **none)
     sd = load_file(path)
     comp = next(iter(sd)).split(".", 1)[0]
     if kind == "weights":
