@@ -80,10 +80,11 @@ with plain diffusers, offline (no T5: pass it as None, as for any SD3 without T5
 from diffusers import StableDiffusion3Pipeline
 pipe = StableDiffusion3Pipeline.from_pretrained("weights/toy-mmdit", text_encoder_3=None, tokenizer_3=None)
 image = pipe("a large red circle on a striped background", num_inference_steps=25,
-             guidance_scale=5.0).images[0]
+             guidance_scale=2.0).images[0]
 ```
 
-Default sampler (also in `concept_edit.json`): FlowMatchEuler (shift {shift}), 25 steps, guidance 5, 64x64.
+Default sampler (also in `concept_edit.json`): FlowMatchEuler (shift {shift}), 25 steps, guidance 2, 64x64
+(guidance 5 collapses the unnamed attributes: see "Guidance" below).
 
 ![samples](samples.png)
 
@@ -159,6 +160,7 @@ def main():
     ap.add_argument("--model", default="weights/toy-world")
     ap.add_argument("--train-time", default="see the model card history")
     ap.add_argument("--steps", type=int, default=6000, help="denoiser steps trained (MMDiT card)")
+    ap.add_argument("--extra", help="a markdown file appended to the card (measured findings)")
     a = ap.parse_args()
     rep = json.load(open(a.eval_json))
     from concept_edit import SampleSettings, generate, load_pipeline
@@ -181,7 +183,7 @@ def main():
     subset = "all of them" if n_eval == n_grammar else (
         "a seeded subset stratified by how many attributes a prompt names; all 240 x 64 seeds "
         "takes about 70 min on 2 cores")
-    command = (f"concept-edit toyworld evaluate --seeds {rep['seeds_per_prompt']} "
+    command = (f"concept-edit toyworld evaluate {'--model ' + a.model + ' ' if mmdit else ''}--seeds {rep['seeds_per_prompt']} "
                + ("" if n_eval == n_grammar else f"--max-prompts {rep.get('max_prompts') or n_eval} ") + "--out eval.json")
     head = (MMDIT_HEAD if mmdit else UNET_HEAD).format(
         rows="\n".join(f"{i + 1}. `{p}`" for i, p in enumerate(PROMPTS)),
@@ -198,6 +200,8 @@ def main():
         pa_colour=f"{pa.get('colour', float('nan')):.3f}", pa_size=f"{pa.get('size', float('nan')):.3f}",
         pa_background=f"{pa.get('background', float('nan')):.3f}", variety_rows=vrows,
         none_full=rep["full"]["none_rate"], none_part=rep["partial"]["none_rate"], speed=rep["speed"])
+    if a.extra:
+        text += "\n" + open(a.extra).read()
     from concept_edit.core.io import atomic_write_text
 
     atomic_write_text(os.path.join(a.model, "README.md"), text)
