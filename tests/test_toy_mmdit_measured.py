@@ -30,7 +30,7 @@ def test_uce_erases_circle_on_the_mmdit(mm, tmp_path):
     from concept_edit.methods.uce import UceConfig, uce_edit
 
     path = str(tmp_path / "uce.safetensors")
-    uce_edit(mm, UceConfig.from_yaml("configs/uce/erase-circle.yaml"), progress=False).save(path)
+    uce_edit(mm, UceConfig.from_yaml("configs/uce/mmdit-erase-circle.yaml"), progress=False).save(path)
     shown, keep = _erasure(mm, path)
     assert shown <= 0.10 and keep >= 0.90, (shown, keep)
 

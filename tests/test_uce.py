@@ -46,7 +46,8 @@ def _kv(pipe, prompt):
 def test_uce_every_family(tiny_pipe, family, tmp_path):
     pipe = tiny_pipe(family)
     dn = Denoiser(pipe)
-    keys = [p + ".weight" for p in resolve_sites(pipe, "text_kv")]
+    keys = [p + ".weight" for p in resolve_sites(pipe, "text_kv") + resolve_sites(pipe, "pooled")]
+    assert (family in ("sd3", "flux")) == bool(resolve_sites(pipe, "pooled"))
     before = snapshot(dn.module, keys)
     kv_keep, kv_edit, kv_guide = _kv(pipe, "square"), _kv(pipe, "circle"), _kv(pipe, "")
     res = uce_edit(pipe, UceConfig(edit=["circle"], preserve=["square", "star"]), progress=False)
@@ -99,8 +100,26 @@ def test_token_policies_run(tiny_pipe, policy):
 
 def test_flux_context_embedder_site(tiny_pipe):
     pipe = tiny_pipe("flux")
-    res = uce_edit(pipe, UceConfig(edit=["circle"], sites="text_in"), progress=False)
+    res = uce_edit(pipe, UceConfig(edit=["circle"], sites="text_in", pooled=False), progress=False)
     assert list(res.tensors) == ["transformer.context_embedder.weight"]
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_pooled_layer_maps_the_concept_onto_its_guide(tiny_pipe, family):
+    """The pooled-text layer (AdaLN input) is solved on pooled vectors: circle -> square, star kept."""
+    from concept_edit.methods.uce.method import InputCapture
+
+    pipe = tiny_pipe(family)
+    path, = resolve_sites(pipe, "pooled")
+    cap = InputCapture(pipe, [path], static=True)
+    x = dict(zip(["circle", "square", "star"], cap(["circle", "square", "star"])["*"][:, 0]))
+    w = snapshot(Denoiser(pipe).module, [path + ".weight"])[path + ".weight"].float()
+    cfg = UceConfig(edit=["circle"], guide=["square"], preserve=["star"], preserve_empty=False, lamb=1e-4)
+    new = uce_edit(pipe, cfg, progress=False).tensors[f"transformer.{path}.weight"]
+    assert (new @ x["circle"] - w @ x["square"]).norm() < 1e-2 * (w @ x["circle"] - w @ x["square"]).norm()
+    assert (new @ x["star"] - w @ x["star"]).norm() < 1e-2 * (w @ x["star"]).norm()
+    off = uce_edit(pipe, cfg.replace(pooled=False), progress=False).tensors
+    assert not any("text_embedder" in k for k in off)
 
 
 def test_strict_config_names_nearest_key():

@@ -10,6 +10,8 @@ xattn      the text-side attention projections (UNet/PixArt ``attn2.*``; MMDiT `
 selfattn   image-side attention projections (``attn1.*``; MMDiT ``to_q/k/v, to_out.0``)
 noxattn    every layer of the attention/transformer blocks except ``xattn`` (slider default)
 text_in    where text enters the denoiser (``context_embedder``, ``caption_projection``)
+pooled     the first layer reading the pooled text embedding (SD3/FLUX ``time_text_embed.
+           text_embedder.linear_1``, which feeds every block's AdaLN); empty elsewhere
 resnets    resnet convolutions (``conv1``, ``conv2``; UNets only)
 time_emb   timestep (and guidance) embeddings
 esd_u      everything except ``xattn`` and ``time_emb`` (ESD-u)
@@ -32,6 +34,7 @@ UNET = {
     "selfattn": (_attn("*attn1"), ()),
     "noxattn": (("*attentions.*",), ("*attn2.*",)),
     "text_in": ((), ()),
+    "pooled": ((), ()),  # SDXL's add_embedding mixes the pooled text with time ids: not offered
     "resnets": (("*resnets.*.conv1", "*resnets.*.conv2"), ()),
     "time_emb": (("time_embedding.*", "add_embedding.*"), ()),
     "esd_u": (("*",), ("*attn2.*", "time_embedding.*", "add_embedding.*")),
@@ -45,6 +48,7 @@ MMDIT = {
     "noxattn": (("transformer_blocks.*", "single_transformer_blocks.*"),
                 _attn("transformer_blocks.*.attn", _MMDIT_TEXT)),
     "text_in": (("context_embedder",), ()),
+    "pooled": (("time_text_embed.text_embedder.linear_1",), ()),
     "resnets": ((), ()),
     "time_emb": (("time_text_embed.timestep_embedder.*", "time_text_embed.guidance_embedder.*"), ()),
     "esd_u": (("*",), _attn("transformer_blocks.*.attn", _MMDIT_TEXT)
@@ -57,6 +61,7 @@ PIXART = {
     "selfattn": (_attn("transformer_blocks.*.attn1"), ()),
     "noxattn": (("transformer_blocks.*",), ("transformer_blocks.*.attn2.*",)),
     "text_in": (("caption_projection.*",), ()),
+    "pooled": ((), ()),
     "resnets": ((), ()),
     "time_emb": (("adaln_single.*",), ()),
     "esd_u": (("*",), ("transformer_blocks.*.attn2.*", "adaln_single.*")),

@@ -39,6 +39,9 @@ class UceConfig(StrictConfig):
     lamb: float = field(0.5, "lambda: ridge toward the original weights")
     token_policy: str = field("last+eos", "edited tokens: last | last+eos | all (see docs)")
     sites: str = field("text_kv", "site group to edit: text_kv, or text_in (FLUX context_embedder)")
+    pooled: bool = field(True, "also edit the layer reading the pooled text embedding where the model "
+                               "has one (SD3/FLUX AdaLN input; on the toy MMDiT it alone decides the "
+                               "shape, docs/families.md); false = the token stream only")
     templates: list[str] = field(["{}"], "prompt templates a concept expands into ('{}' = concept)")
     timesteps: list[int] = field([999, 750, 500, 250, 1],
                                  "timesteps whose layer inputs are constrained when the edited "

@@ -42,6 +42,7 @@ from ...core.trace import StopForward, TraceDict
 from ...core.weights import edited, snapshot
 from ...scorers import get_scorer
 from .config import UceConfig
+from .pooled import pooled_paths, pooled_rows, solve_pooled
 from .solve import UceSystem
 
 
@@ -186,8 +187,9 @@ def expand(concept: str, templates: list[str]) -> list[str]:
     return [t.format(concept) for t in templates] if concept else [""]
 
 
-def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[str, float]] | None = None):
-    """{input key: (C_e, T, C_p)} for the configured edit (debias: ``targets`` = alphas)."""
+def edit_prompts_of(cfg: UceConfig):
+    """(edit prompts, guide prompts per edit prompt, attribute prompts, preserved prompt -> the
+    (template, concept) pairs that wrote it ('' = the empty prompt))."""
     guides = cfg.guides() if cfg.mode != "debias" else [None] * len(cfg.edit)
     edit_prompts, guide_prompts, attr_prompts = [], [], []
     for concept, guide in zip(cfg.edit, guides):
@@ -206,6 +208,12 @@ def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[
             keep_src.setdefault(t.format(c) if c else "", set()).add((t, c))
     if cfg.preserve_empty:
         keep_src.setdefault("", set()).add(("{}", ""))
+    return edit_prompts, guide_prompts, attr_prompts, keep_src
+
+
+def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[str, float]] | None = None):
+    """{input key: (C_e, T, C_p)} for the configured edit (debias: ``targets`` = alphas)."""
+    edit_prompts, guide_prompts, attr_prompts, keep_src = edit_prompts_of(cfg)
     keep_prompts = sorted(keep_src)
     flat_attr = [p for ps in attr_prompts for p in ps]
     uniq = list(dict.fromkeys(edit_prompts + [g for gs in guide_prompts for g in gs] + keep_prompts
@@ -248,6 +256,17 @@ def build_rows(cfg: UceConfig, cap: InputCapture, pipe, targets: dict[str, dict[
     return systems
 
 
+def solve_all(cfg: UceConfig, pipe, caps: tuple, original: dict, alphas=None) -> dict[str, torch.Tensor]:
+    """Every edited layer: the text-reading sites, and the pooled layer where there is one."""
+    cap, pcap = caps
+    out = solve(cfg, pipe, cap, build_rows(cfg, cap, pipe, alphas), original)
+    if pcap is not None:
+        e, g, a, keep = edit_prompts_of(cfg)
+        rows = pooled_rows(cfg, pcap, e, g, sorted(keep), a, alphas if cfg.mode == "debias" else None)
+        out.update(solve_pooled(cfg, rows, pcap.paths, original))
+    return out
+
+
 def solve(cfg: UceConfig, pipe, cap: InputCapture, systems: dict, original: dict[str, torch.Tensor]):
     """Edited weights (fp32) from the ORIGINAL weights for every edited layer."""
     out = {}
@@ -280,15 +299,17 @@ def uce_edit(pipe, cfg: UceConfig, progress: bool = True) -> UceResult:
     if not paths:
         raise ValueError(f"site group {cfg.sites!r} is empty for this {dn.family.name} model; use text_kv")
     cap = InputCapture(pipe, paths, _static(pipe, cfg.sites), timesteps=cfg.timesteps, seed=cfg.seed)
-    original = snapshot(dn.module, [f"{p}.weight" for p in paths])
+    pp = [p for p in pooled_paths(pipe, cfg) if p not in paths]
+    caps = (cap, InputCapture(pipe, pp, True, seed=cfg.seed) if pp else None)
+    original = snapshot(dn.module, [f"{p}.weight" for p in paths + pp])
     comp = dn.family.denoiser
     if cfg.mode != "debias":
-        new = solve(cfg, pipe, cap, build_rows(cfg, cap, pipe), original)
+        new = solve_all(cfg, pipe, caps, original)
         return UceResult(pipe, cfg, {f"{comp}.{k}": v for k, v in new.items()})
-    return _debias(pipe, cfg, cap, original, progress)
+    return _debias(pipe, cfg, caps, original, progress)
 
 
-def _debias(pipe, cfg: UceConfig, cap: InputCapture, original, progress: bool) -> UceResult:
+def _debias(pipe, cfg: UceConfig, caps: tuple, original, progress: bool) -> UceResult:
     """Generate, score, move alphas toward the wanted ratios, re-solve from the ORIGINAL W."""
     scorer = get_scorer(cfg.scorer, attributes=cfg.attributes)
     dn = Denoiser(pipe)
@@ -297,7 +318,7 @@ def _debias(pipe, cfg: UceConfig, cap: InputCapture, original, progress: bool) -
     want = dict(zip(cfg.attributes, cfg.ratios))
     history, best, new = [], None, {}
     for r in tqdm(range(cfg.rounds), desc="debias", disable=not progress):
-        new = solve(cfg, pipe, cap, build_rows(cfg, cap, pipe, alphas), original) if r else {}
+        new = solve_all(cfg, pipe, caps, original, alphas) if r else {}
         obs_all = {}
         with edited(dn.module, new):
             for c in cfg.edit:
@@ -316,7 +337,7 @@ def _debias(pipe, cfg: UceConfig, cap: InputCapture, original, progress: bool) -
         for c in cfg.edit:
             for a in cfg.attributes:
                 alphas[c][a] += cfg.step * (want[a] - obs_all[c][a])
-    final = best[1] if best else solve(cfg, pipe, cap, build_rows(cfg, cap, pipe, alphas), original)
+    final = best[1] if best else solve_all(cfg, pipe, caps, original, alphas)
     return UceResult(pipe, cfg, {f"{comp}.{k}": v for k, v in final.items()}, history)
 
 
