@@ -22,6 +22,8 @@ false`` and bare concepts this is the current reference).
 Layers whose inputs do not depend on the image (UNet/PixArt cross-attention, ``text_in``) share
 one factorisation; MMDiT ``add_k/v_proj`` read a text stream that evolves with the image, so
 their rows come from several denoising states and each layer is solved on its own inputs.
+Where the model also reads a pooled text vector (SD3/FLUX AdaLN), that layer is edited too
+(``pooled: true``, ``pooled.py``).
 """
 from __future__ import annotations
 
