@@ -17,12 +17,12 @@ from conftest import FAMILIES
 
 # (group -> expected layer count) per tiny family: the site tables are data, this pins them.
 EXPECTED = {
-    "sd1": {"text_kv": 14, "xattn": 28, "selfattn": 28, "noxattn": 56, "resnets": 16, "text_in": 0},
-    "sd2": {"text_kv": 14, "xattn": 28, "selfattn": 28, "noxattn": 56, "resnets": 16, "text_in": 0},
-    "sdxl": {"text_kv": 14, "xattn": 28, "selfattn": 28, "noxattn": 56, "resnets": 16, "text_in": 0},
-    "sd3": {"text_kv": 4, "xattn": 7, "selfattn": 8, "noxattn": 18, "resnets": 0, "text_in": 1},
-    "flux": {"text_kv": 2, "xattn": 4, "selfattn": 7, "noxattn": 16, "resnets": 0, "text_in": 1},
-    "pixart": {"text_kv": 4, "xattn": 8, "selfattn": 8, "noxattn": 12, "resnets": 0, "text_in": 2},
+    "sd1": {"text_kv": 14, "xattn": 28, "selfattn": 28, "noxattn": 56, "resnets": 16, "text_in": 0, "pooled": 0},
+    "sd2": {"text_kv": 14, "xattn": 28, "selfattn": 28, "noxattn": 56, "resnets": 16, "text_in": 0, "pooled": 0},
+    "sdxl": {"text_kv": 14, "xattn": 28, "selfattn": 28, "noxattn": 56, "resnets": 16, "text_in": 0, "pooled": 0},
+    "sd3": {"text_kv": 4, "xattn": 9, "selfattn": 8, "noxattn": 18, "resnets": 0, "text_in": 1, "pooled": 1},
+    "flux": {"text_kv": 2, "xattn": 6, "selfattn": 7, "noxattn": 16, "resnets": 0, "text_in": 1, "pooled": 1},
+    "pixart": {"text_kv": 4, "xattn": 8, "selfattn": 8, "noxattn": 12, "resnets": 0, "text_in": 2, "pooled": 0},
 }
 TEXT_DIM = {"sd1": 32, "sd2": 32, "sdxl": 64, "sd3": 32, "flux": 32, "pixart": 24}
 
@@ -46,6 +46,7 @@ def test_site_groups_counts_and_shapes(tiny_pipe, family):
     assert kv <= set(resolve_sites(pipe, "xattn"))
     assert not kv & set(resolve_sites(pipe, "noxattn"))
     assert not set(resolve_sites(pipe, "xattn")) & set(resolve_sites(pipe, "esd_u"))
+    assert set(resolve_sites(pipe, "pooled")) <= set(resolve_sites(pipe, "xattn"))  # pooled text is text
 
 
 @pytest.mark.parametrize("family", FAMILIES)

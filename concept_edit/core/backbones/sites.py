@@ -5,8 +5,8 @@ Groups (every method names groups, never paths):
 =========  ====================================================================================
 text_kv    the projections that read text (UNet/PixArt ``attn2.to_k/to_v``; MMDiT ``add_k/v_proj``)
 xattn      the text-side attention projections (UNet/PixArt ``attn2.*``; MMDiT ``add_q/k/v_proj``,
-           ``to_add_out``); FLUX single blocks share q/k/v between text and image, so they are
-           counted as self-attention, not here
+           ``to_add_out``, and ``time_text_embed.text_embedder``, the pooled text); FLUX single
+           blocks share q/k/v between text and image, so they are counted as self-attention
 selfattn   image-side attention projections (``attn1.*``; MMDiT ``to_q/k/v, to_out.0``)
 noxattn    every layer of the attention/transformer blocks except ``xattn`` (slider default)
 text_in    where text enters the denoiser (``context_embedder``, ``caption_projection``)
@@ -42,7 +42,8 @@ UNET = {
 }
 MMDIT = {
     "text_kv": (("transformer_blocks.*.attn.add_k_proj", "transformer_blocks.*.attn.add_v_proj"), ()),
-    "xattn": (_attn("transformer_blocks.*.attn", _MMDIT_TEXT), ()),
+    # the pooled-text projection (AdaLN input) reads text too: on the toy MMDiT it decides the shape
+    "xattn": (_attn("transformer_blocks.*.attn", _MMDIT_TEXT) + ("time_text_embed.text_embedder.*",), ()),
     "selfattn": (_attn("transformer_blocks.*.attn") + _attn("transformer_blocks.*.attn2")
                  + _attn("single_transformer_blocks.*.attn", ("to_q", "to_k", "to_v")), ()),
     "noxattn": (("transformer_blocks.*", "single_transformer_blocks.*"),
@@ -52,7 +53,7 @@ MMDIT = {
     "resnets": ((), ()),
     "time_emb": (("time_text_embed.timestep_embedder.*", "time_text_embed.guidance_embedder.*"), ()),
     "esd_u": (("*",), _attn("transformer_blocks.*.attn", _MMDIT_TEXT)
-              + ("time_text_embed.timestep_embedder.*", "time_text_embed.guidance_embedder.*")),
+              + ("time_text_embed.*",)),
     "all": (("*",), ()),
 }
 PIXART = {
