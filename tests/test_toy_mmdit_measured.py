@@ -39,13 +39,15 @@ def test_esd_x_erases_circle_on_the_mmdit(mm, tmp_path):
     from concept_edit.methods.esd import EsdConfig, train_esd
 
     path = str(tmp_path / "esd.safetensors")
-    res = train_esd(mm, EsdConfig.from_yaml("configs/esd/toy-circle-x.yaml"), progress=False)
+    res = train_esd(mm, EsdConfig.from_yaml("configs/esd/mmdit-circle-x.yaml"), progress=False)
     res.save(path)
     res.edit.remove()
     shown, keep = _erasure(mm, path)
     assert shown <= 0.15 and keep >= 0.85, (shown, keep)
 
 
+@pytest.mark.xfail(strict=True, reason="issue 19, open: the size slider moves size (ratio 1.97) but at -2 "
+                   "keeps shape/colour on only 0.48/0.52 of seeds on the MMDiT (docs/families.md)")
 def test_size_slider_on_the_mmdit(mm, tmp_path):
     from concept_edit.eval.toy import SLIDER_PROMPTS, slider_report
     from concept_edit.methods.slider import SliderConfig, train_slider
