@@ -8,6 +8,7 @@ from .common import (UsageError, add_command, add_config_args, add_model_args, c
                      config_from_args, load_model, out_file, parse_floats, positive_int)
 
 EMBEDDED = "concept_edit:toy-world"
+TOY_MODELS = (EMBEDDED, "concept_edit:toy-mmdit")  # the toy classifier scores both
 
 
 def add_cli(sub) -> None:
@@ -104,7 +105,7 @@ def cmd_discover(args) -> None:
     model = load_model(args)
     res = discover(model, cfg, progress=True, checkpoint_dir=args.ckdir, resume=args.resume)
     extra, labels = None, None
-    if model.source == EMBEDDED and args.report_seeds:
+    if model.source in TOY_MODELS and args.report_seeds:
         from ..eval.sliderspace_report import manifest_extra, slider_report
 
         rep = slider_report(model.pipe, res.artifact, cfg.prompts[0], n_seeds=args.report_seeds,
@@ -188,7 +189,7 @@ def cmd_report(args) -> None:
 
     art, manifest = load_sliders(args.dir)
     model = load_model(args)
-    if model.source != EMBEDDED:
+    if model.source not in TOY_MODELS:
         raise UsageError(f"the report scores images with the toy classifier: it needs the toy world, "
                          f"not {model.source}")
     prompts = [args.prompt] if args.prompt else manifest.get("prompts") or []
