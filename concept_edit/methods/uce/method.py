@@ -44,7 +44,7 @@ from ...core.trace import StopForward, TraceDict
 from ...core.weights import edited, snapshot
 from ...scorers import get_scorer
 from .config import UceConfig
-from .pooled import pooled_paths, pooled_rows, solve_pooled
+from .pooled import pooled_paths, pooled_rows
 from .solve import UceSystem
 
 
@@ -265,7 +265,7 @@ def solve_all(cfg: UceConfig, pipe, caps: tuple, original: dict, alphas=None) ->
     if pcap is not None:
         e, g, a, keep = edit_prompts_of(cfg)
         rows = pooled_rows(cfg, pcap, e, g, sorted(keep), a, alphas if cfg.mode == "debias" else None)
-        out.update(solve_pooled(cfg, rows, pcap.paths, original))
+        out.update(solve(cfg, pipe, pcap, {"*": rows}, original))   # static: '*' = pcap.paths
     return out
 
 

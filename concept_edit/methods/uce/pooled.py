@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 
 from ...core.families import resolve_sites
-from .solve import UceSystem
 
 
 def pooled_rows(cfg, cap, edit_prompts, guide_prompts, keep_prompts, attr_prompts=(), alphas=None):
@@ -46,9 +45,3 @@ def pooled_rows(cfg, cap, edit_prompts, guide_prompts, keep_prompts, attr_prompt
 def pooled_paths(pipe, cfg) -> list[str]:
     return resolve_sites(pipe, "pooled") if cfg.pooled else []
 
-
-def solve_pooled(cfg, systems: tuple, paths: list[str], original: dict) -> dict[str, torch.Tensor]:
-    ce, tt, cp = systems
-    sysm = UceSystem(ce, tt, cp, cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
-    names = [f"{p}.weight" for p in paths]
-    return dict(zip(names, sysm.apply_many([original[n] for n in names])))
