@@ -265,7 +265,7 @@ def run_slider(pipe, a):
     from concept_edit.methods.slider import SliderConfig, train_slider
 
     clf = load_classifier()
-    results = {}
+    results = existing(a, "slider")
     paths = {}
     if (not a.only or "size-pairs" in a.only) and not os.path.isdir("data/size-pairs"):
         import subprocess
@@ -273,9 +273,10 @@ def run_slider(pipe, a):
 
         subprocess.run([sys.executable, "-m", "concept_edit.cli.main", "toyworld", "render-pairs",
                         "data/size-pairs", "--n", "64"], check=True)
-    for name, cfgfile in (("size", "configs/sliders/toy-size.yaml"),
-                          ("size-pairs", "configs/sliders/toy-size-pairs.yaml"),
-                          ("stripes", "configs/sliders/toy-stripes.yaml")):
+    files = [(os.path.splitext(os.path.basename(f))[0], f) for f in a.config] or [
+        ("size", "configs/sliders/toy-size.yaml"), ("size-pairs", "configs/sliders/toy-size-pairs.yaml"),
+        ("stripes", "configs/sliders/toy-stripes.yaml")]
+    for name, cfgfile in files:
         if a.only and name not in a.only:
             continue
         cfg = with_overrides(SliderConfig.from_yaml(cfgfile), a.set)
@@ -286,7 +287,7 @@ def run_slider(pipe, a):
             res.save(paths[name])
             res.edit.remove()
             train_s = round(res.seconds, 1)
-        metric = "striped" if name == "stripes" else "radius"
+        metric = "striped" if "stripe" in name else "radius"
         for start in [] if a.no_sweep else a.start or [None]:  # None: the file's recommended start
             rep = slider_report(pipe, paths[name], seeds=a.seeds, metric=metric, clf=clf, start=start,
                                 scales=a.scales,
@@ -323,7 +324,7 @@ def main():
     ap.add_argument("--n-retain", type=int, default=8,
                     help="full prompts naming the concept for the in-prompt retention columns (0 = skip)")
     ap.add_argument("--config", nargs="*", default=[],
-                    help="uce/esd: measure these config files (with --set overrides), not the built-in trials")
+                    help="uce/esd/slider: measure these config files (with --set overrides), not the built-in trials")
     ap.add_argument("--name", default="", help="with --config: the trial's name (default: the file's stem)")
     ap.add_argument("--concepts", nargs="*", default=[],
                     help="with --config: concepts to measure (default: circle/red/striped as the config names them)")

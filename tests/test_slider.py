@@ -41,6 +41,10 @@ def test_target_formula():
     n, p, u = torch.tensor([1.0]), torch.tensor([3.0]), torch.tensor([2.0])
     assert slider_target(n, p, u, 4.0, "enhance").item() == 5.0
     assert slider_target(n, p, u, 4.0, "erase").item() == -3.0
+    # contrast "neutral": towards one end only; the mirrored call (p and u swapped) to the other
+    assert slider_target(n, p, u, 2.0, "enhance", "neutral").item() == 5.0
+    assert slider_target(n, u, p, 2.0, "enhance", "neutral").item() == 3.0
+    assert slider_target(n, p, u, 2.0, "erase", "neutral").item() == 3.0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -250,3 +254,64 @@ def test_transport_noise_reads_other_image(tiny_pipe, family):
 def dn_latent_shape(pipe):
     c = getattr(pipe, "transformer", None) or pipe.unet
     return (c.config.in_channels, 4, 4)
+
+
+def test_text_scale_and_bidirectional(tiny_pipe, pairs, monkeypatch):
+    """text_scale: the LoRA runs at that scale on the target; bidirectional: also at its negative,
+    regressed onto the mirrored target (positive and unconditional swapped)."""
+    from concept_edit.core.lora import LoraRouter
+    from concept_edit.methods.slider import train as slider_train
+
+    scales, swaps = [], []
+    set_scale = LoraRouter.set_scale
+    monkeypatch.setattr(LoraRouter, "set_scale", lambda self, n, s: scales.append(s) or set_scale(self, n, s))
+    target = slider_train.slider_target
+    monkeypatch.setattr(slider_train, "slider_target",
+                        lambda n, p, u, g, a, c: swaps.append(bool(torch.equal(p, u))) or target(n, p, u, g, a, c))
+    pipe = tiny_pipe("sd1")
+    kw = dict(image_pairs=None, preservation=[], iterations=1, batch_size=1, text_scale=2.0)
+    res = train_slider(pipe, _cfg("sd1", pairs, **kw), progress=False)
+    res.edit.remove()
+    assert 2.0 in scales and -2.0 not in scales and len(swaps) == 1
+    scales.clear()
+    swaps.clear()
+    calls = []
+    monkeypatch.setattr(slider_train, "slider_target",
+                        lambda n, p, u, g, a, c: calls.append((p, u)) or target(n, p, u, g, a, c))
+    res = train_slider(pipe, _cfg("sd1", pairs, bidirectional=True, **kw), progress=False)
+    res.edit.remove()
+    assert 2.0 in scales and -2.0 in scales
+    (p0, u0), (p1, u1) = calls
+    assert torch.equal(p0, u1) and torch.equal(u0, p1) and not torch.equal(p0, u0)
+    assert np.isfinite(res.losses).all()
+    with pytest.raises(ConfigError, match="contrast must be"):
+        SliderConfig.from_dict({"prompts": PROMPTS, "contrast": "pair"})
+    with pytest.raises(ConfigError, match="text_scale 0"):
+        SliderConfig.from_dict({"prompts": PROMPTS, "text_scale": 0})
+
+
+def test_recommended_stop_is_stored_and_honoured(tiny_pipe, pairs, tmp_path):
+    """stop: the slider is off again from that fraction of the steps on (file metadata), and a
+    slider acting on a window differs from one acting to the end."""
+    from concept_edit.core.artifacts import read_artifact_meta
+    from concept_edit.core.lora import start_schedule
+
+    f = start_schedule(0.25, 0.75)
+    assert [f(i, 8) for i in range(8)] == [0, 0, 1, 1, 1, 1, 0, 0]
+    assert [start_schedule(0.25)(i, 8) for i in range(8)] == [0, 0, 1, 1, 1, 1, 1, 1]
+    pipe = tiny_pipe("sd1")
+    s = SampleSettings(prompt="a circle", n=1, seed=1)
+    res = train_slider(pipe, _cfg("sd1", pairs, image_pairs=None, start=0.25, stop=0.75), progress=False)
+    path = str(tmp_path / "s.safetensors")
+    res.save(path)
+    res.edit.remove()
+    assert read_artifact_meta(path)["lora"]["stop"] == 0.75
+    h = apply_artifact(pipe, path, scale=3.0)
+    sched = lora_router(pipe).adapters[h.name].schedule
+    assert [sched(i, 8) for i in range(8)] == [0, 0, 1, 1, 1, 1, 0, 0]
+    window = generate(pipe, s, progress=False)
+    lora_router(pipe).set_schedule(h.name, start=0.25)
+    assert not np.array_equal(generate(pipe, s, progress=False), window)
+    h.remove()
+    with pytest.raises(ConfigError, match="stop must be"):
+        SliderConfig.from_dict({"prompts": PROMPTS, "start": 0.5, "stop": 0.4})

@@ -292,7 +292,8 @@ def _apply(pipe, meta: dict, sd: dict, path: str, scale: float, start: float | N
         router.set_scale(name, scale)
         if start is None:
             start = float(meta.get("lora", {}).get("start", 0.0))
-        if start > 0:
-            router.set_schedule(name, start_schedule(start))
+        stop = float(meta.get("lora", {}).get("stop", 1.0))  # recommended; files without it: 1
+        if start > 0 or stop < 1:
+            router.set_schedule(name, start_schedule(start, stop if stop > start else 1.0))
         return Applied(pipe, path, meta, name)
     raise ArtifactError(f"{path}: unknown artifact kind {meta.get('kind')!r}; this concept_edit is too old?")

@@ -44,11 +44,16 @@ class Adapter:
     schedule: Callable[[int, int], float] | None = None
 
 
-def start_schedule(start: float) -> Callable[[int, int], float]:
-    """0 for the first ``start`` fraction of the denoising steps, 1 after."""
+def start_schedule(start: float, stop: float = 1.0) -> Callable[[int, int], float]:
+    """0 for the first ``start`` fraction of the denoising steps, 1 after, and 0 again from the
+    ``stop`` fraction on (default 1: on to the last step)."""
     if not 0.0 <= start <= 1.0:
         raise ValueError(f"slider start must be a fraction in [0, 1], got {start}")
-    return lambda i, n: 0.0 if i < round(start * n) else 1.0
+    if not start < stop <= 1.0:
+        raise ValueError(f"slider stop must be a fraction in (start, 1], got {stop} (start {start})")
+    if stop >= 1.0:
+        return lambda i, n: 0.0 if i < round(start * n) else 1.0
+    return lambda i, n: 1.0 if round(start * n) <= i < round(stop * n) else 0.0
 
 
 class LoraRouter:
@@ -154,9 +159,10 @@ class LoraRouter:
         self._apply_scales()
 
     def set_schedule(self, name: str, fn: Callable[[int, int], float] | None = None,
-                     start: float | None = None) -> None:
-        """Per-step multiplier of the adapter's scale; ``start=F`` is 0 before fraction F."""
-        self._get(name).schedule = start_schedule(start) if start is not None else fn
+                     start: float | None = None, stop: float = 1.0) -> None:
+        """Per-step multiplier of the adapter's scale; ``start=F`` is 0 before fraction F (and
+        from fraction ``stop`` on)."""
+        self._get(name).schedule = start_schedule(start, stop) if start is not None else fn
         self._sync_schedule_hook()
 
     def _effective(self, ad: Adapter) -> float:

@@ -130,8 +130,9 @@ def apply_slider(pipe, path: str, scale: float = 1.0, start_step: int | None = N
         router.set_schedule(h.name, _timestep_schedule(router, float(start_timestep)))
     else:
         start = float(h.meta.get("lora", {}).get("start", 0.0) or 0.0)
-        if start > 0:  # the file's recommended start (a fraction of the steps), as apply_artifact
-            router.set_schedule(h.name, start=start)
+        stop = float(h.meta.get("lora", {}).get("stop", 1.0) or 1.0)
+        if start > 0 or stop < 1:  # the file's recommended start / stop fractions, as apply_artifact
+            router.set_schedule(h.name, start=start, stop=stop if stop > start else 1.0)
     return h
 
 

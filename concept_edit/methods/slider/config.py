@@ -81,6 +81,15 @@ class SliderConfig(StrictConfig):
     transport: float = field(0.0, "image pairs: weight of the cross term (LoRA at +s on noisy LOW "
                                   "images must predict HIGH ones, at -s the reverse) on noise levels "
                                   ">= 0.5; 0 = the paper's objective")
+    text_scale: float = field(1.0, "text sliders: the LoRA scale the target is trained at (the paper: 1; "
+                                   "train at the scale you will use, e.g. 2, to avoid extrapolating)")
+    bidirectional: bool = field(False, "text sliders: also train the LoRA at -text_scale towards the "
+                                       "mirrored target (out(neutral) -/+ g (...)), so the negative "
+                                       "side is trained, not extrapolated; twice the passes per step")
+    contrast: str = field("opposite", "text sliders: opposite (the paper: g (out(positive) - out(unconditional))) "
+                                      "| neutral (g (out(positive) - out(neutral)); with bidirectional the "
+                                      "negative side moves to out(unconditional): a sample already at one "
+                                      "end is not pushed past it)")
     sites: str = field("noxattn", "xattn | noxattn | selfattn | full | c3lier (adds resnet conv LoRA)")
     rank: int = field(4, "LoRA rank")
     alpha: float = field(1.0, "LoRA alpha (scale alpha / rank)")
@@ -96,6 +105,9 @@ class SliderConfig(StrictConfig):
     sample_guidance: float = field(3.0, "CFG used to sample x_t")
     size: int = field(0, "image size (0 = the model's default)")
     start: float = field(0.0, "recommended inference start fraction (stored in the file)")
+    stop: float = field(1.0, "recommended inference stop fraction (stored in the file): the slider is "
+                             "off again from this fraction of the steps on, so the base model "
+                             "finishes the details (1 = on to the last step, the paper's)")
     train_after_start: bool = field(False, "train only on the denoising steps where the slider acts "
                                            "at inference (after 'start'); the reference trains on all")
     train_start: float | None = field(None, "with train_after_start: the fraction training begins "
@@ -106,6 +118,11 @@ class SliderConfig(StrictConfig):
     def check(self) -> None:
         if self.sites not in SITES:
             raise ConfigError(f"unknown sites {self.sites!r}; choose one of {', '.join(SITES)}")
+        if self.contrast not in ("opposite", "neutral"):
+            raise ConfigError(f"contrast must be opposite or neutral, got {self.contrast!r}")
+        if self.text_scale == 0:
+            raise ConfigError("text_scale 0 trains nothing; give the LoRA scale the target is trained "
+                              "at (e.g. 1, the paper's, or 2)")
         if self.sampler not in ("bank", "online"):
             raise ConfigError(f"sampler must be bank or online, got {self.sampler!r}")
         sets = []
@@ -133,6 +150,8 @@ class SliderConfig(StrictConfig):
             raise ConfigError("transport weighs an image-pair term; add image_pairs or drop transport")
         if not 0.0 <= self.start <= 1.0:
             raise ConfigError(f"start must be a fraction in [0, 1], got {self.start}")
+        if self.stop != 1.0 and not self.start < self.stop <= 1.0:
+            raise ConfigError(f"stop must be a fraction in (start, 1], got {self.stop} (start {self.start})")
         if self.train_start is not None and not 0.0 <= self.train_start <= 1.0:
             raise ConfigError(f"train_start must be a fraction in [0, 1], got {self.train_start}")
         if self.train_after_start and self.first_step() >= self.ddim_steps:

@@ -7,8 +7,9 @@ Example::
     >>> res = train_slider(pipe, cfg)
     >>> res.save("size.safetensors")        # loads with plain pipe.load_lora_weights(...)
 
-Text sliders: at scale 1 on ``target`` the LoRA'd model regresses onto
-``out(neutral) +/- g (out(positive) - out(unconditional))`` (frozen = LoRA at scale 0, the three
+Text sliders: at scale ``text_scale`` (1, the paper's) on ``target`` the LoRA'd model regresses onto
+``out(neutral) +/- g (out(positive) - out(unconditional))`` (``bidirectional``: at the negative
+scale too, onto the mirrored target) (frozen = LoRA at scale 0, the three
 frozen passes in one batch). Image pairs: the same noise and timestep on both images; the LoRA at
 +s must predict the clean target on 'high', at -s on 'low' (several levels of pairs, each with its
 own s, draw one level per step). x_t for text sliders comes from a
@@ -35,7 +36,13 @@ from .config import TRANSPORT_FROM, SliderConfig
 
 
 def slider_target(neutral: torch.Tensor, positive: torch.Tensor, unconditional: torch.Tensor,
-                  guidance: float, action: str) -> torch.Tensor:
+                  guidance: float, action: str, contrast: str = "opposite") -> torch.Tensor:
+    """out(neutral) +/- g (out(positive) - out(unconditional)) (``contrast="opposite"``, the paper),
+    or towards one end only: out(neutral) + g (out(positive or unconditional) - out(neutral))
+    (``"neutral"``: enhance moves to positive, erase to unconditional)."""
+    if contrast == "neutral":
+        end = positive if action == "enhance" else unconditional
+        return neutral + guidance * (end - neutral)
     sign = 1.0 if action == "enhance" else -1.0
     return neutral + sign * guidance * (positive - unconditional)
 
@@ -55,7 +62,7 @@ class SliderResult:
 
     def artifact(self) -> Artifact:
         cfg = self.config
-        lora = {"rank": cfg.rank, "alpha": cfg.alpha, "group": cfg.sites, "start": cfg.start,
+        lora = {"rank": cfg.rank, "alpha": cfg.alpha, "group": cfg.sites, "start": cfg.start, "stop": cfg.stop,
                 "name": cfg.name, "recommended_scales": [-2, 2],
                 "prompts": [dataclasses.asdict(p) for p in cfg.prompts]}
         return Artifact([lora_edit(self.pipe, self.edit.artifact_tensors(), "slider", cfg.to_dict(),
@@ -187,11 +194,22 @@ def _text_loss(dn, router, cfg, sets, cond, get_bank, step, g, size):
         outs = dn.predict(dn.cat([state] * 3), cond([p.neutral for p in ps] + [p.positive for p in ps]
                                                     + [p.unconditional for p in ps])).float()
         o_n, o_p, o_u = outs.chunk(3)
-        target = torch.cat([slider_target(o_n[i:i + 1], o_p[i:i + 1], o_u[i:i + 1], p.guidance, p.action)
+        target = torch.cat([slider_target(o_n[i:i + 1], o_p[i:i + 1], o_u[i:i + 1], p.guidance, p.action,
+                                          cfg.contrast)
                             for i, p in enumerate(ps)])
-    router.set_scale(cfg.name, 1.0)
+    router.set_scale(cfg.name, cfg.text_scale)
     pred = dn.predict(state, cond([p.target for p in ps])).float()
-    return F.mse_loss(pred, target)
+    loss = F.mse_loss(pred, target)
+    if cfg.bidirectional:  # the negative side trained on the same states, not extrapolated
+        with torch.no_grad():
+            mirror = torch.cat([slider_target(o_n[i:i + 1], o_u[i:i + 1], o_p[i:i + 1], p.guidance, p.action,
+                                              cfg.contrast)
+                                for i, p in enumerate(ps)])
+        router.set_scale(cfg.name, -cfg.text_scale)
+        pred = dn.predict(state, cond([p.target for p in ps])).float()
+        loss = (loss + F.mse_loss(pred, mirror)) / 2
+    router.set_scale(cfg.name, 1.0)
+    return loss
 
 
 def _pair_loss(dn, router, cfg, levels, template, cond, g):
