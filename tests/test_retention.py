@@ -181,5 +181,9 @@ def test_erasure_check_finds_the_erased_values():
                        ("erase-three", [("shape", "circle"), ("colour", "red"), ("background", "striped")])):
         cfg = UceConfig.from_yaml(os.path.join(ROOT, "uce", name + ".yaml"))
         assert toy_concepts(cfg.edit, cfg.guides()) == want, name
+    for name, want in (("toy-circle-keep", [("shape", "circle")]), ("toy-red-keep", [("colour", "red")]),
+                       ("toy-striped-keep", [("background", "striped")])):
+        cfg = EsdConfig.from_yaml(os.path.join(ROOT, "esd", name + ".yaml"))
+        assert toy_concepts(cfg.concept_names()) == want, name
     assert toy_concepts(["circle", "striped"]) == [("shape", "circle"), ("background", "striped")]
     assert toy_concepts(["van gogh"]) == []
