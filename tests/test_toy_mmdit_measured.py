@@ -46,14 +46,14 @@ def test_esd_x_erases_circle_on_the_mmdit(mm, tmp_path):
     assert shown <= 0.15 and keep >= 0.85, (shown, keep)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19, open: the size slider moves size (ratio 1.97) but at -2 "
-                   "keeps shape/colour on only 0.48/0.52 of seeds on the MMDiT (docs/families.md)")
+@pytest.mark.xfail(strict=False, reason="issue 19, open: configs/sliders/mmdit-size.yaml sits on the bar "
+                   "(ratio 1.4998, rest kept 0.906 at 64 seeds; docs/sliders.md); 32 seeds fall either side")
 def test_size_slider_on_the_mmdit(mm, tmp_path):
     from concept_edit.eval.toy import SLIDER_PROMPTS, slider_report
     from concept_edit.methods.slider import SliderConfig, train_slider
 
     path = str(tmp_path / "size.safetensors")
-    res = train_slider(mm, SliderConfig.from_yaml("configs/sliders/toy-size.yaml"), progress=False)
+    res = train_slider(mm, SliderConfig.from_yaml("configs/sliders/mmdit-size.yaml"), progress=False)
     res.save(path)
     res.edit.remove()
     rep = slider_report(mm, path, seeds=SEEDS, prompts=SLIDER_PROMPTS[::2], scales=(-2, 0, 2))
