@@ -383,11 +383,13 @@ class Engine(TabsMixin):
         if not active or k >= s["steps"]:
             return base
         self._ensure([p for p, _ in active])
+        from concept_edit.core.lora import recommended_schedule
+
         router, want = self.model.router, dict(active)
         for p, (h, _) in self._loaded.items():
             router.set_scale(h.name, want.get(p, 0.0))
-            stop = float(h.meta.get("lora", {}).get("stop", 1.0) or 1.0)  # the file's recommended stop
-            router.set_schedule(h.name, None if stop >= 1 else (lambda i, n, f=stop: float(i < round(f * n))))
+            # the page's start step starts the run; the file's stop (if any) still holds
+            router.set_schedule(h.name, recommended_schedule(h.meta, start=0.0))
         res = self.ce.sample(self.pipe, [s["prompt"]], seed=s["seed"], steps=s["steps"], guidance=s["guidance"],
                              height=s["height"], width=s["width"], start_latents=states[k], start_step=k)
         return _uint8(res.images)[0]

@@ -274,7 +274,6 @@ def test_text_scale_and_bidirectional(tiny_pipe, pairs, monkeypatch):
     res.edit.remove()
     assert 2.0 in scales and -2.0 not in scales and len(swaps) == 1
     scales.clear()
-    swaps.clear()
     calls = []
     monkeypatch.setattr(slider_train, "slider_target",
                         lambda n, p, u, g, a, c: calls.append((p, u)) or target(n, p, u, g, a, c))
@@ -299,6 +298,12 @@ def test_recommended_stop_is_stored_and_honoured(tiny_pipe, pairs, tmp_path):
     f = start_schedule(0.25, 0.75)
     assert [f(i, 8) for i in range(8)] == [0, 0, 1, 1, 1, 1, 0, 0]
     assert [start_schedule(0.25)(i, 8) for i in range(8)] == [0, 0, 1, 1, 1, 1, 1, 1]
+    from concept_edit.core.lora import recommended_schedule
+
+    meta = {"lora": {"start": 0.25, "stop": 0.75}}
+    assert recommended_schedule({"lora": {"start": 0.0}}) is None
+    assert [recommended_schedule(meta, start=0.0)(i, 8) for i in range(8)] == [1, 1, 1, 1, 1, 1, 0, 0]
+    assert [recommended_schedule(meta, start=0.8)(i, 8) for i in range(8)] == [0] * 6 + [1, 1]  # past stop
     pipe = tiny_pipe("sd1")
     s = SampleSettings(prompt="a circle", n=1, seed=1)
     res = train_slider(pipe, _cfg("sd1", pairs, image_pairs=None, start=0.25, stop=0.75), progress=False)

@@ -31,7 +31,7 @@ import torch
 
 from .families import detect_family, get_family
 from .io import ArtifactError, META_KEY, atomic_save_file, fingerprint, load_safetensors, read_artifact_meta
-from .lora import lora_router, start_schedule
+from .lora import lora_router, recommended_schedule
 from .weights import assign, snapshot
 
 
@@ -290,10 +290,8 @@ def _apply(pipe, meta: dict, sd: dict, path: str, scale: float, start: float | N
             raise ArtifactError(f"{path}: its LoRA does not fit this model ({msg[:200]}); wrong base "
                                 "model or a damaged file") from None
         router.set_scale(name, scale)
-        if start is None:
-            start = float(meta.get("lora", {}).get("start", 0.0))
-        stop = float(meta.get("lora", {}).get("stop", 1.0))  # recommended; files without it: 1
-        if start > 0 or stop < 1:
-            router.set_schedule(name, start_schedule(start, stop if stop > start else 1.0))
+        sched = recommended_schedule(meta, start)
+        if sched is not None:
+            router.set_schedule(name, sched)
         return Applied(pipe, path, meta, name)
     raise ArtifactError(f"{path}: unknown artifact kind {meta.get('kind')!r}; this concept_edit is too old?")

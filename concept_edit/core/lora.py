@@ -56,6 +56,16 @@ def start_schedule(start: float, stop: float = 1.0) -> Callable[[int, int], floa
     return lambda i, n: 1.0 if round(start * n) <= i < round(stop * n) else 0.0
 
 
+def recommended_schedule(meta: dict, start: float | None = None) -> Callable[[int, int], float] | None:
+    """The step window an artifact's metadata recommends (``lora.start`` / ``lora.stop``; ``start``
+    overrides the file's; a stop at or before the start is ignored); None = every step."""
+    lora = meta.get("lora") if isinstance(meta.get("lora"), dict) else {}
+    start = float(lora.get("start", 0.0) or 0.0) if start is None else float(start)
+    stop = float(lora.get("stop", 1.0) or 1.0)
+    stop = stop if stop > start else 1.0
+    return start_schedule(start, stop) if start > 0 or stop < 1 else None
+
+
 class LoraRouter:
     def __init__(self, denoiser: nn.Module, timestep_scale: float = 1.0):
         self.denoiser = denoiser

@@ -24,7 +24,7 @@ from torch import nn
 from ...core.artifacts import Applied, apply_artifact
 from ...core.backbones import backbone_of
 from ...core.io import ArtifactError, load_safetensors, read_artifact_meta
-from ...core.lora import lora_router
+from ...core.lora import lora_router, recommended_schedule
 
 __all__ = ["apply_slider", "apply_to_pair", "lora_sites", "check_sites"]
 
@@ -129,10 +129,9 @@ def apply_slider(pipe, path: str, scale: float = 1.0, start_step: int | None = N
     elif start_timestep is not None:
         router.set_schedule(h.name, _timestep_schedule(router, float(start_timestep)))
     else:
-        start = float(h.meta.get("lora", {}).get("start", 0.0) or 0.0)
-        stop = float(h.meta.get("lora", {}).get("stop", 1.0) or 1.0)
-        if start > 0 or stop < 1:  # the file's recommended start / stop fractions, as apply_artifact
-            router.set_schedule(h.name, start=start, stop=stop if stop > start else 1.0)
+        sched = recommended_schedule(h.meta)  # the file's start / stop fractions, as apply_artifact
+        if sched is not None:
+            router.set_schedule(h.name, sched)
     return h
 
 
