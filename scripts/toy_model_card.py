@@ -162,15 +162,24 @@ def main():
     ap.add_argument("--steps", type=int, default=6000, help="denoiser steps trained (MMDiT card)")
     ap.add_argument("--extra", help="a markdown file appended to the card (measured findings)")
     a = ap.parse_args()
+    for f, what in ((a.eval_json, "the evaluate JSON (concept-edit toyworld evaluate ... --out eval.json)"),
+                    (a.extra, "--extra: the markdown file to append")):
+        if f and not os.path.isfile(f):
+            raise SystemExit(f"error: {f} not found; give {what}")
+    if not os.path.isdir(a.model):
+        raise SystemExit(f"error: model directory {a.model} not found; pass --model weights/toy-world or weights/toy-mmdit")
     rep = json.load(open(a.eval_json))
+    extra = open(a.extra).read() if a.extra else ""
     from concept_edit import SampleSettings, generate, load_pipeline
 
     pipe = load_pipeline(a.model)
     mmdit = hasattr(pipe, "transformer")
     rows = [generate(pipe, SampleSettings(prompt=p, n=8, seed=0), progress=False) for p in PROMPTS]
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
-    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(
-        os.path.join(a.model, "samples.png"))
+    from concept_edit.core.io import atomic_path, atomic_write_text
+
+    with atomic_path(os.path.join(a.model, "samples.png")) as tmp:
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(tmp)
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(a.model) for f in fs
                if f.endswith(".safetensors"))
@@ -200,10 +209,8 @@ def main():
         pa_colour=f"{pa.get('colour', float('nan')):.3f}", pa_size=f"{pa.get('size', float('nan')):.3f}",
         pa_background=f"{pa.get('background', float('nan')):.3f}", variety_rows=vrows,
         none_full=rep["full"]["none_rate"], none_part=rep["partial"]["none_rate"], speed=rep["speed"])
-    if a.extra:
-        text += "\n" + open(a.extra).read()
-    from concept_edit.core.io import atomic_write_text
-
+    if extra:
+        text += "\n" + extra
     atomic_write_text(os.path.join(a.model, "README.md"), text)
     print(f"wrote {a.model}/README.md and samples.png")
 
