@@ -17,7 +17,7 @@ from concept_edit.core.lora import lora_router
 from concept_edit.core.model import model_of
 from concept_edit.core.sampling import SampleSettings, generate
 from concept_edit.methods.sliderspace import SliderSpaceConfig, discover
-from concept_edit.methods.sliderspace.method import _Trainer, load_sliders, resolve_sites, up_vectors
+from concept_edit.methods.sliderspace.method import _Trainer, resolve_sites, up_vectors
 from concept_edit.methods.sliderspace.pca import pca, project
 from concept_edit.scorers import get_embedder
 
@@ -242,3 +242,32 @@ def test_bad_input_one_line_nothing_in_out(tiny_dirs, tmp_path, capsys):
     open(tmp_path / "full" / "keep.txt", "w").write("x")
     code, _, err = run_cli(base + ["--prompt", "a", "--out", str(tmp_path / "full")], capsys)
     assert code == 2 and "not a SliderSpace output" in err and os.listdir(tmp_path / "full") == ["keep.txt"]
+
+
+def test_model_recommended_settings_under_the_flags(tiny_dirs, tmp_path):
+    """A model directory's concept_edit.json 'methods.sliderspace' is the bottom layer of the
+    discover config: flags and --set win, --config replaces it."""
+    import shutil
+
+    from concept_edit.cli.main import build_parser
+
+    d = str(tmp_path / "m")
+    shutil.copytree(tiny_dirs(FAMILY), d)
+    path = os.path.join(d, "concept_edit.json")
+    shipped = json.load(open(path)) if os.path.exists(path) else {}
+    shipped["methods"] = {"sliderspace": {"basis": "ica", "start": 0.2, "iterations": 7}}
+    json.dump(shipped, open(path, "w"))
+
+    def cfg_of(*extra):
+        args = build_parser().parse_args(["sliderspace", "discover", "--model", d, "--prompt", "a circle",
+                                          "--out", str(tmp_path / "o"), *extra])
+        return args.check(args), args
+
+    cfg, args = cfg_of()
+    assert (cfg.basis, cfg.start, cfg.iterations) == ("ica", 0.2, 7) and args.recommended["basis"] == "ica"
+    cfg, args = cfg_of("--iterations", "3", "--set", "basis=pca")
+    assert (cfg.basis, cfg.start, cfg.iterations) == ("pca", 0.2, 3) and "iterations" not in args.recommended
+    yml = tmp_path / "c.yaml"
+    yml.write_text("prompts: ['a circle']\n")
+    cfg, args = cfg_of("--config", str(yml))
+    assert cfg.basis == SliderSpaceConfig(prompts=["x"]).basis and args.recommended == {}

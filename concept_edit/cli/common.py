@@ -292,3 +292,41 @@ def out_file(path: str, ext: str, flag: str = "--out") -> str:
 def fail(msg: str, code: int = 2) -> None:
     print(f"concept-edit: error: {msg}", file=sys.stderr)
     sys.exit(code)
+
+
+# --- a model directory's recommended method settings (concept_edit.json "methods") ---
+# The embedded toy worlds ship settings that work there (ESD, SliderSpace); when the user gives
+# no --config they sit under the flags: recommended < flags < shortcuts < --set. Real models ship
+# none and keep the papers' defaults.
+
+def recommended_settings(model_arg: str | None, method: str) -> dict:
+    """``methods.<method>`` of the model directory's concept_edit.json ({} when none)."""
+    from ..core.embedded import default_model
+    from ..core.model import read_shipped
+
+    try:
+        shipped = read_shipped(model_arg or default_model())
+    except (OSError, ValueError):
+        return {}
+    rec = shipped.get("methods", {}).get(method, {})
+    return dict(rec) if isinstance(rec, dict) else {}
+
+
+def config_with_recommended(args, cls, method: str, overrides: dict | None = None):
+    """The method config as ``config_from_args`` builds it, with the model's recommended settings
+    as the bottom layer when no ``--config`` is given: recommended < flags < shortcuts < --set."""
+    if getattr(args, "config", None):
+        return config_from_args(args, cls, overrides), {}
+    rec = recommended_settings(getattr(args, "model", None), method)
+    cfg = config_from_args(args, cls, overrides)      # the user's settings, checked on their own
+    if not rec:
+        return cfg, {}
+    # what the user set explicitly (flags, shortcuts, --set) wins over every recommended key
+    user = {**_flag_dict(args), **(overrides or {}), **parse_set(getattr(args, "set_values", []))}
+    d = cfg.to_dict()
+    used = {k: v for k, v in rec.items() if k in d and k not in user}
+    return cls.from_dict({**d, **used}), used
+
+
+def _flag_dict(args) -> dict:
+    return {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}

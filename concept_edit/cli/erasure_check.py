@@ -1,16 +1,12 @@
-"""After an erasure on the CLI: the model's recommended method settings, and a short check.
+"""After an erasure on the CLI: a short check of what the edit removed.
 
 Example::
 
-    >>> from concept_edit.cli.erasure_check import recommended_settings, erasure_check
-    >>> recommended_settings(None, "esd")          # the embedded toy world's ESD settings
-    {'iterations': 1200, 'lr': 0.001, ...}
+    >>> from concept_edit.cli.erasure_check import erasure_check
     >>> erasure_check(model, "out/esd.safetensors", ["circle"])   # prints before -> after
 
-A model directory may carry recommended method settings in its ``concept_edit.json`` under
-``"methods"`` (the embedded toy world ships its ESD and UCE ones); when the user gives no
-``--config`` they sit under the flags (recommended < flags < ``--set``). Real models ship none
-and keep the papers' defaults.
+(The model's recommended method settings, which the erasure commands start from, are read by
+``cli.common.config_with_recommended``.)
 
 The check generates a few seeds of prompts naming each erased concept, without and with the
 edit, and scores them with the toy classifier: on the toy world only (other models need a
@@ -22,41 +18,6 @@ import numpy as np
 
 CHECK_SEEDS = 8
 WARN_AT = 0.15                    # the concept still shown this often after the edit: a warning
-
-
-def recommended_settings(model_arg: str | None, method: str) -> dict:
-    """``methods.<method>`` of the model directory's concept_edit.json ({} when none)."""
-    from ..core.embedded import default_model
-    from ..core.model import read_shipped
-
-    try:
-        shipped = read_shipped(model_arg or default_model())
-    except (OSError, ValueError):
-        return {}
-    rec = shipped.get("methods", {}).get(method, {})
-    return dict(rec) if isinstance(rec, dict) else {}
-
-
-def config_with_recommended(args, cls, method: str, overrides: dict | None = None):
-    """The method config as ``config_from_args`` builds it, with the model's recommended settings
-    as the bottom layer when no ``--config`` is given: recommended < flags < shortcuts < --set."""
-    from .common import config_from_args, parse_set
-
-    if getattr(args, "config", None):
-        return config_from_args(args, cls, overrides), {}
-    rec = recommended_settings(getattr(args, "model", None), method)
-    cfg = config_from_args(args, cls, overrides)      # the user's settings, checked on their own
-    if not rec:
-        return cfg, {}
-    # what the user set explicitly (flags, shortcuts, --set) wins over every recommended key
-    user = {**_flag_dict(args), **(overrides or {}), **parse_set(getattr(args, "set_values", []))}
-    d = cfg.to_dict()
-    used = {k: v for k, v in rec.items() if k in d and k not in user}
-    return cls.from_dict({**d, **used}), used
-
-
-def _flag_dict(args) -> dict:
-    return {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
 
 
 def toy_concepts(texts: list[str], guides: list[str] | None = None) -> list[tuple[str, str]]:

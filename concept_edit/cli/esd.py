@@ -51,7 +51,7 @@ def check(args):
         over["concepts"] = [c for a in args.concept for c in split_list(a)]
     if args.preserve:
         over["preserve"] = [c for a in args.preserve for c in split_list(a)]
-    from .erasure_check import config_with_recommended  # the model's own settings, under the flags
+    from .common import config_with_recommended  # the model's own settings, under the flags
 
     cfg, args.recommended = config_with_recommended(args, EsdConfig, "esd", over)
     args.ckdir = args.checkpoint_dir or args.out + ".ckpt"

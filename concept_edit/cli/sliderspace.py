@@ -5,7 +5,7 @@ import json
 import os
 
 from .common import (UsageError, add_command, add_config_args, add_model_args, check_model_arg,
-                     config_from_args, load_model, out_file, parse_floats, positive_int)
+                     config_with_recommended, load_model, out_file, parse_floats, positive_int)
 
 EMBEDDED = "concept_edit:toy-world"
 TOY_MODELS = (EMBEDDED, "concept_edit:toy-mmdit")  # the toy classifier scores both
@@ -91,7 +91,7 @@ def check_discover(args):
     if args.sheet_seeds < 0 or args.report_seeds < 0:
         raise UsageError("--sheet-seeds and --report-seeds must be >= 0")
     over = {"prompts": args.prompt} if args.prompt else {}
-    cfg = config_from_args(args, SliderSpaceConfig, over)
+    cfg, args.recommended = config_with_recommended(args, SliderSpaceConfig, "sliderspace", over)
     args.ckdir = args.checkpoint_dir or args.out.rstrip("/") + ".ckpt"
     if args.resume and not os.path.exists(os.path.join(args.ckdir, "optim.pt")):
         raise UsageError(f"--resume: no checkpoint in {args.ckdir}; run without --resume first")
@@ -102,6 +102,9 @@ def cmd_discover(args) -> None:
     from ..methods.sliderspace.method import discover
 
     cfg = args.cfg
+    if getattr(args, "recommended", None):
+        print("using this model's recommended SliderSpace settings (concept_edit.json; flags and --config win): "
+              + ", ".join(f"{k}={v}" for k, v in args.recommended.items()))
     model = load_model(args)
     res = discover(model, cfg, progress=True, checkpoint_dir=args.ckdir, resume=args.resume)
     extra, labels = None, None

@@ -49,7 +49,7 @@ def check(args):
 
     out_file(args.out, ".safetensors")
     check_model_arg(args)
-    from .erasure_check import config_with_recommended  # the model's own settings, under the flags
+    from .common import config_with_recommended  # the model's own settings, under the flags
 
     cfg, args.recommended = config_with_recommended(args, UceConfig, "uce", _overrides(args))
     return cfg
