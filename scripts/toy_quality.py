@@ -267,12 +267,6 @@ def run_slider(pipe, a):
     clf = load_classifier()
     results = existing(a, "slider")
     paths = {}
-    if (not a.only or "size-pairs" in a.only) and not os.path.isdir("data/size-pairs"):
-        import subprocess
-        import sys
-
-        subprocess.run([sys.executable, "-m", "concept_edit.cli.main", "toyworld", "render-pairs",
-                        "data/size-pairs", "--n", "64"], check=True)
     files = [(os.path.splitext(os.path.basename(f))[0], f) for f in a.config] or [
         ("size", "configs/sliders/toy-size.yaml"), ("size-pairs", "configs/sliders/toy-size-pairs.yaml"),
         ("stripes", "configs/sliders/toy-stripes.yaml")]
@@ -280,6 +274,13 @@ def run_slider(pipe, a):
         if a.only and name not in a.only:
             continue
         cfg = with_overrides(SliderConfig.from_yaml(cfgfile), a.set)
+        for level in cfg.pair_levels():  # the shipped pair configs read data/size-pairs: render it
+            if level.low == "data/size-pairs/low" and not os.path.isdir(level.low):
+                import subprocess
+                import sys
+
+                subprocess.run([sys.executable, "-m", "concept_edit.cli.main", "toyworld", "render-pairs",
+                                "data/size-pairs", "--n", "64"], check=True)
         paths[name] = os.path.join(a.out, f"slider-{name}.safetensors")
         train_s = None
         if not (a.reuse and os.path.exists(paths[name])):
