@@ -304,6 +304,7 @@ def test_recommended_stop_is_stored_and_honoured(tiny_pipe, pairs, tmp_path):
     assert recommended_schedule({"lora": {"start": 0.0}}) is None
     assert [recommended_schedule(meta, start=0.0)(i, 8) for i in range(8)] == [1, 1, 1, 1, 1, 1, 0, 0]
     assert [recommended_schedule(meta, start=0.8)(i, 8) for i in range(8)] == [0] * 6 + [1, 1]  # past stop
+    assert [recommended_schedule({"lora": {"start": 1.0}})(i, 8) for i in range(8)] == [0] * 8  # start 1: off
     pipe = tiny_pipe("sd1")
     s = SampleSettings(prompt="a circle", n=1, seed=1)
     res = train_slider(pipe, _cfg("sd1", pairs, image_pairs=None, start=0.25, stop=0.75), progress=False)

@@ -328,5 +328,12 @@ def config_with_recommended(args, cls, method: str, overrides: dict | None = Non
     return cls.from_dict({**d, **used}), used
 
 
+def say_recommended(args, method: str) -> None:
+    """One line naming the recommended settings ``config_with_recommended`` used (none: silent)."""
+    if getattr(args, "recommended", None):
+        print(f"using this model's recommended {method} settings (concept_edit.json; flags and --config win): "
+              + ", ".join(f"{k}={v}" for k, v in args.recommended.items()))
+
+
 def _flag_dict(args) -> dict:
     return {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 from .common import (UsageError, add_command, add_config_args, add_model_args, check_model_arg,
-                     load_model, out_file, positive_int, split_list)
+                     config_with_recommended, load_model, out_file, positive_int, say_recommended,
+                     split_list)
 
 EXAMPLES = [
     "concept-edit esd --concept circle --variant x --config configs/esd/toy-circle-x.yaml "
@@ -51,8 +52,6 @@ def check(args):
         over["concepts"] = [c for a in args.concept for c in split_list(a)]
     if args.preserve:
         over["preserve"] = [c for a in args.preserve for c in split_list(a)]
-    from .common import config_with_recommended  # the model's own settings, under the flags
-
     cfg, args.recommended = config_with_recommended(args, EsdConfig, "esd", over)
     args.ckdir = args.checkpoint_dir or args.out + ".ckpt"
     if args.resume and not os.path.exists(os.path.join(args.ckdir, "optim.pt")):
@@ -67,9 +66,7 @@ def run_cli(args) -> None:
     cfg = args.cfg
     args.device = launch_device(args.device)  # under a multi-GPU launch: this rank's own GPU
     model = load_model(args)
-    if getattr(args, "recommended", None):
-        print("using this model's recommended ESD settings (concept_edit.json; flags and --config win): "
-              + ", ".join(f"{k}={v}" for k, v in args.recommended.items()))
+    say_recommended(args, "ESD")
     res = train_esd(model.pipe, cfg, checkpoint_dir=args.ckdir, resume=args.resume)
     if not res.is_main:  # the other processes of a launch: rank 0 writes and reports
         return

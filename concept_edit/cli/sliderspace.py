@@ -5,7 +5,8 @@ import json
 import os
 
 from .common import (UsageError, add_command, add_config_args, add_model_args, check_model_arg,
-                     config_with_recommended, load_model, out_file, parse_floats, positive_int)
+                     config_with_recommended, load_model, out_file, parse_floats, positive_int,
+                     say_recommended)
 
 EMBEDDED = "concept_edit:toy-world"
 TOY_MODELS = (EMBEDDED, "concept_edit:toy-mmdit")  # the toy classifier scores both
@@ -102,9 +103,7 @@ def cmd_discover(args) -> None:
     from ..methods.sliderspace.method import discover
 
     cfg = args.cfg
-    if getattr(args, "recommended", None):
-        print("using this model's recommended SliderSpace settings (concept_edit.json; flags and --config win): "
-              + ", ".join(f"{k}={v}" for k, v in args.recommended.items()))
+    say_recommended(args, "SliderSpace")
     model = load_model(args)
     res = discover(model, cfg, progress=True, checkpoint_dir=args.ckdir, resume=args.resume)
     extra, labels = None, None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from .common import (add_command, add_config_args, add_model_args, check_model_arg,
-                     load_model, out_file, split_list)
+                     config_with_recommended, load_model, out_file, say_recommended, split_list)
 
 EXAMPLES = [
     "concept-edit uce --config configs/uce/erase-circle.yaml --out out/uce.safetensors   # ~20 s",
@@ -49,8 +49,6 @@ def check(args):
 
     out_file(args.out, ".safetensors")
     check_model_arg(args)
-    from .common import config_with_recommended  # the model's own settings, under the flags
-
     cfg, args.recommended = config_with_recommended(args, UceConfig, "uce", _overrides(args))
     return cfg
 
@@ -60,9 +58,7 @@ def run_cli(args) -> None:
 
     cfg = args.cfg
     model = load_model(args)
-    if getattr(args, "recommended", None):
-        print("using this model's recommended UCE settings (concept_edit.json; flags and --config win): "
-              + ", ".join(f"{k}={v}" for k, v in args.recommended.items()))
+    say_recommended(args, "UCE")
     t0 = time.time()
     res = uce_edit(model.pipe, cfg)
     meta = res.save(args.out)

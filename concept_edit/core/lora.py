@@ -49,10 +49,8 @@ def start_schedule(start: float, stop: float = 1.0) -> Callable[[int, int], floa
     ``stop`` fraction on (default 1: on to the last step)."""
     if not 0.0 <= start <= 1.0:
         raise ValueError(f"slider start must be a fraction in [0, 1], got {start}")
-    if not start < stop <= 1.0:
+    if stop != 1.0 and not start < stop <= 1.0:
         raise ValueError(f"slider stop must be a fraction in (start, 1], got {stop} (start {start})")
-    if stop >= 1.0:
-        return lambda i, n: 0.0 if i < round(start * n) else 1.0
     return lambda i, n: 1.0 if round(start * n) <= i < round(stop * n) else 0.0
 
 
