@@ -81,6 +81,9 @@ def _bad(tmp_path, tiny_dirs):
         (["generate", "--model", d, "--prompt", "x", "--apply", str(fake_pickle), "--out", out], "pickled"),
         (["generate", "--model", d, "--prompt", "x", "--apply", "missing.safetensors", "--out", out], "no such file"),
         (["uce", "--model", d, "--erase", "circle", "--token-policy", "last", "--lamb", "-1", "--out", out + ".safetensors"], "lamb"),
+        (["slider", "train", os.path.join(os.path.dirname(__file__), "..", "configs", "sliders", "toy-size-pairs.yaml"),
+          "--model", d, "--set", f"image_pairs={{low: {tmp_path}/no/low, high: {tmp_path}/no/high}}",
+          "--iterations", "1", "--out", out + ".safetensors"], "render-pairs"),
     ]
 
 

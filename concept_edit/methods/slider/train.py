@@ -88,6 +88,10 @@ def _load_pairs(pairs) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
     unnamed)."""
     from PIL import Image
 
+    for d in (pairs.low, pairs.high):
+        if not os.path.isdir(d):
+            raise ValueError(f"image pairs: folder {d} not found; render the toy pairs first (concept-edit "
+                             "toyworld render-pairs data/size-pairs) or fix image_pairs low/high")
     names = sorted(f for f in os.listdir(pairs.low) if f.lower().endswith((".png", ".jpg", ".jpeg")))
     missing = [n for n in names if not os.path.exists(os.path.join(pairs.high, n))]
     if not names or missing:
