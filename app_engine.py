@@ -80,15 +80,15 @@ def check_safetensors_header(path: str, shown: str) -> dict:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
-            raise AppError(f"{shown} is a pickled checkpoint; the app never unpickles: convert it "
-                           "with safetensors.torch.save_file (or use a file written by concept-edit)")
-        if len(head) < 8:
-            raise AppError(f"{shown} is not a safetensors file (too short)")
-        n = struct.unpack("<Q", head)[0]
-        if n < 2 or n > min(size - 8, 100_000_000):
-            raise AppError(f"{shown} is not a safetensors file (no valid header)")
-        raw = f.read(n)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        raw = f.read(n) if 2 <= n <= min(size - 8, 100_000_000) else b""
+        if not raw.startswith(b"{"):  # sniff for a pickle only when there is no valid header: a real
+            # header length can start with byte 0x80 as a pickle does (1 file in ~32)
+            if head[:2] == b"PK" or head[:1] == b"\x80":
+                raise AppError(f"{shown} is a pickled checkpoint; the app never unpickles: convert it "
+                               "with safetensors.torch.save_file (or use a file written by concept-edit)")
+            raise AppError(f"{shown} is not a safetensors file (" +
+                           ("too short)" if len(head) < 8 else "no valid header)"))
     try:
         header = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -119,3 +119,33 @@ def test_damaged_artifacts_one_line(tiny_pipe, tmp_path):
         after = snapshot(pipe.unet, list(before))
         assert all(torch.equal(before[k], after[k]) for k in before), name
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_pickle_sniffing_never_refuses_a_real_header_starting_with_0x80(tmp_path):
+    """A safetensors header length can start with byte 0x80, as a pickle does (1 file in ~32):
+    every check reads the header first and sniffs for a pickle only when there is none."""
+    import sys
+
+    from concept_edit.cli.common import UsageError, check_safetensors
+    from concept_edit.core.io import load_safetensors
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from app_engine import AppError, check_safetensors_header
+
+    good = str(tmp_path / "good.safetensors")
+    for pad in range(300):
+        save_file({"w": torch.zeros(2)}, good, metadata={"pad": "x" * pad})
+        if open(good, "rb").read(1) == b"\x80":
+            break
+    assert open(good, "rb").read(1) == b"\x80"
+    check_safetensors(good, "f")
+    assert load_safetensors(good)["w"].shape == (2,)
+    with pytest.raises(AppError, match="no concept_edit metadata"):  # past the header: not ours
+        check_safetensors_header(good, "f")
+    old = str(tmp_path / "old.safetensors")  # a protocol-2 pickle: 0x80 0x02 ...
+    torch.save({"w": torch.zeros(2)}, old, _use_new_zipfile_serialization=False)
+    assert open(old, "rb").read(1) == b"\x80"
+    for check, err in ((lambda p: check_safetensors(p, "f"), UsageError), (load_safetensors, ArtifactError),
+                       (lambda p: check_safetensors_header(p, "f"), AppError)):
+        with pytest.raises(err, match="pickled"):
+            check(old)

@@ -202,10 +202,6 @@ def test_cli_discover_generate_grid_export(tiny_dirs, tmp_path, capsys):
                             "--out", str(tmp_path / "sheet.png")], capsys)
     assert code == 0 and os.path.exists(tmp_path / "sheet.png"), err
     f = f"{out}/slider_01.safetensors"
-    if open(f, "rb").read(1) == b"\x80":
-        # safetensors pads headers to 8 bytes, so 1 file in 32 has a header length whose low byte
-        # is 0x80, which cli/common.check_safetensors takes for a pickle (reported to the lead)
-        pytest.xfail("cli/common.check_safetensors misreads a 0x80 header-length byte as a pickle")
     code, _, err = run_cli(["generate", "--model", d, "--prompt", "a circle", "--n", "1", "--steps", "2",
                             "--apply", f"{f}@2", "--out", str(tmp_path / "gen")], capsys)
     assert code == 0, err

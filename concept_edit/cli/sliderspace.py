@@ -4,12 +4,10 @@ from __future__ import annotations
 import json
 import os
 
+from ..core.embedded import TOY_MODELS
 from .common import (UsageError, add_command, add_config_args, add_model_args, check_model_arg,
                      config_with_recommended, load_model, out_file, parse_floats, positive_int,
                      say_recommended)
-
-EMBEDDED = "concept_edit:toy-world"
-TOY_MODELS = (EMBEDDED, "concept_edit:toy-mmdit")  # the toy classifier scores both
 
 
 def add_cli(sub) -> None:

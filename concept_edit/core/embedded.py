@@ -14,6 +14,8 @@ import sys
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EMBEDDED_ID = "concept_edit:toy-world"
+# every embedded generator draws the toy world, so the toy classifier scores all three
+TOY_MODELS = (EMBEDDED_ID, "concept_edit:toy-mmdit", "concept_edit:toy-turbo")
 
 
 def _roots() -> list[str]:
