@@ -48,7 +48,7 @@ def test_esd_x_erases_circle_on_the_mmdit(mm, tmp_path):
 
 def test_size_slider_on_the_mmdit(mm, tmp_path):
     """configs/sliders/mmdit-size-pairs.yaml (image pairs, start 0.32) at the docs' protocol:
-    4 prompts x 64 seeds, scales -2 / 0 / +2 (docs/sliders.md: ratio 1.68, rest kept 0.922)."""
+    4 prompts x 64 seeds, scales -2 / 0 / +2 (docs/sliders.md: ratio 1.68, rest kept 0.902: on the bar, see there)."""
     import subprocess
     import sys
 
