@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import os
 import re
 import shutil
-import struct
 import tempfile
 import threading
 import time
@@ -77,24 +75,13 @@ class Limits:
 # -- small checks (the others are shared with app_tabs.py) ---------------------------------------
 def check_safetensors_header(path: str, shown: str) -> dict:
     """Parse a safetensors header by hand (never unpickles, never loads tensors); returns it."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        raw = f.read(n) if 2 <= n <= min(size - 8, 100_000_000) else b""
-        if not raw.startswith(b"{"):  # sniff for a pickle only when there is no valid header: a real
-            # header length can start with byte 0x80 as a pickle does (1 file in ~32)
-            if head[:2] == b"PK" or head[:1] == b"\x80":
-                raise AppError(f"{shown} is a pickled checkpoint; the app never unpickles: convert it "
-                               "with safetensors.torch.save_file (or use a file written by concept-edit)")
-            raise AppError(f"{shown} is not a safetensors file (" +
-                           ("too short)" if len(head) < 8 else "no valid header)"))
+    from concept_edit.core.io import ArtifactError, read_header
+
     try:
-        header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise AppError(f"{shown} is not a safetensors file (its header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise AppError(f"{shown} is not a safetensors file (its header is not a JSON object)")
+        n, header = read_header(path, shown)
+    except ArtifactError as e:
+        raise AppError(str(e)) from None
+    size = os.path.getsize(path)
     data = size - 8 - n
     for k, v in header.items():
         if k == "__metadata__":

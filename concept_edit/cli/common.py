@@ -189,29 +189,13 @@ def check_model_arg(args) -> None:
 
 
 def check_safetensors(path: str, what: str) -> None:
-    """A safetensors header that parses (a renamed PNG or a truncated file is one line)."""
-    import json
-    import struct
+    """A safetensors header that parses (a renamed PNG, a pickle or a truncated file is one line)."""
+    from ..core.io import ArtifactError, read_header
 
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-            body = f.read(n) if 1 < n <= min(size - 8, 100_000_000) else b""
-            if not body.startswith(b"{"):  # not a header: say what it is when we can tell
-                if head[:2] == b"PK" or head[:1] == b"\x80":
-                    raise UsageError(f"{what} {path} is a pickled checkpoint; concept_edit never unpickles: "
-                                     "convert it to .safetensors (safetensors.torch.save_file) and pass that")
-                raise ValueError("no valid safetensors header" if len(head) == 8 else
-                                 "shorter than a safetensors header")
-            header = json.loads(body)
-            if not isinstance(header, dict):
-                raise ValueError("no valid safetensors header")
-    except (ValueError, OSError, UnicodeDecodeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"{what} {path}: not a safetensors file ({reason}); pass a file written "
-                         "by concept-edit or safetensors") from None
+        read_header(path, f"{what} {path}")
+    except ArtifactError as e:
+        raise UsageError(str(e)) from None
 
 
 def load_model(args, progress: bool | None = None):

@@ -90,22 +90,41 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict
         save_file(tensors, tmp, metadata=meta)
 
 
-def _check_safetensors(path: str) -> None:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        head = f.read(9)
-    n = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
-    if 0 < n <= os.path.getsize(path) - 8 and head[8:9] == b"{":
-        return
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise ArtifactError(f"{path} is a pickled checkpoint; concept_edit never unpickles: convert it "
-                            "to .safetensors (safetensors.torch.save_file) and pass that")
-    raise ArtifactError(f"{path} is not a safetensors file; pass a .safetensors file")
+def read_header(path: str, name: str | None = None) -> tuple[int, dict]:
+    """(header length, header) of a safetensors file, read by hand: never unpickles, loads no
+    tensor. ArtifactError in one line naming ``name`` (default: the path) for a pickle, a missing
+    or unreadable file, or anything without a valid header. The one place every check reads a
+    header: the header is read first, and a pickle is sniffed only when there is none (a real
+    header length can start with byte 0x80, as a pickle does)."""
+    name = name or path
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            raw = f.read(n) if 2 <= n <= min(size - 8, 100_000_000) else b""
+    except FileNotFoundError:
+        raise ArtifactError(f"{name}: no such file") from None
+    except OSError as e:
+        raise ArtifactError(f"{name}: cannot read it ({e.strerror or e})") from None
+    if not raw.startswith(b"{"):
+        if head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
+            raise ArtifactError(f"{name} is a pickled checkpoint; concept_edit never unpickles: convert it "
+                                "to .safetensors (safetensors.torch.save_file) and pass that")
+        raise ArtifactError(f"{name} is not a safetensors file (" + ("too short" if len(head) < 8 else
+                            "no valid header") + "); pass a .safetensors file")
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{name} is not a safetensors file (its header is not a JSON object); pass a "
+                            ".safetensors file")
+    return n, header
 
 
 def load_safetensors(path: str, device: str = "cpu") -> dict[str, torch.Tensor]:
-    _check_safetensors(path)
+    read_header(path)
     try:
         return load_file(path, device=device)
     except Exception as e:  # safetensors raises its own error types
@@ -113,7 +132,7 @@ def load_safetensors(path: str, device: str = "cpu") -> dict[str, torch.Tensor]:
 
 
 def read_metadata(path: str) -> dict[str, str]:
-    _check_safetensors(path)
+    read_header(path)
     try:
         with safe_open(path, framework="pt") as f:
             return dict(f.metadata() or {})

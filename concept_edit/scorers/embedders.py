@@ -19,9 +19,7 @@ file that is not an open_clip state dict is one :class:`EmbedderError` line.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import struct
 
 TOY = "toy-clip"
 OPEN_CLIP_KEYS = ("visual.",)  # every open_clip CLIP state dict has its image tower under visual.*
@@ -46,25 +44,12 @@ def _parse(spec: str) -> tuple[str, str, str]:
 
 
 def _header(path: str, what: str) -> dict:
+    from ..core.io import ArtifactError, read_header
+
     try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-            n = struct.unpack("<Q", head[:8])[0] if len(head) == 9 else -1
-            if not (1 < n <= min(os.path.getsize(path) - 8, 100_000_000) and head[8:9] == b"{"):
-                if head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
-                    raise EmbedderError(f"{what} {path} is a pickled checkpoint; concept_edit never "
-                                        "unpickles: convert it to .safetensors")
-                raise ValueError
-            f.seek(8)
-            header = json.loads(f.read(n))
-            if not isinstance(header, dict):
-                raise ValueError
-            return header
-    except (ValueError, UnicodeDecodeError):
-        raise EmbedderError(f"{what} {path}: not a safetensors file; pass open_clip weights as "
-                            ".safetensors") from None
-    except OSError as e:
-        raise EmbedderError(f"{what} {path}: cannot read it ({e.strerror or e})") from None
+        return read_header(path, f"{what} {path}")[1]
+    except ArtifactError as e:
+        raise EmbedderError(str(e)) from None
 
 
 def check_spec(spec: str) -> None:
