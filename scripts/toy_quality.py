@@ -25,6 +25,7 @@ import torch
 from concept_edit import load_pipeline
 from concept_edit.eval.toy import SLIDER_PROMPTS, composition_report, erasure_report, slider_report, strip
 from concept_edit.toyworld.classifier import load_classifier
+from concept_edit.toyworld.pairs import ensure_size_pairs
 
 CONCEPTS = {"circle": {"shape": "circle"}, "red": {"colour": "red"}, "striped": {"background": "striped"},
             "a striped background": {"background": "striped"}}
@@ -275,12 +276,7 @@ def run_slider(pipe, a):
             continue
         cfg = with_overrides(SliderConfig.from_yaml(cfgfile), a.set)
         for level in cfg.pair_levels():  # the shipped pair configs read data/size-pairs: render it
-            if level.low == "data/size-pairs/low" and not os.path.isdir(level.low):
-                import subprocess
-                import sys
-
-                subprocess.run([sys.executable, "-m", "concept_edit.cli.main", "toyworld", "render-pairs",
-                                "data/size-pairs", "--n", "64"], check=True)
+            ensure_size_pairs(level.low)
         paths[name] = os.path.join(a.out, f"slider-{name}.safetensors")
         train_s = None
         if not (a.reuse and os.path.exists(paths[name])):

@@ -3,7 +3,6 @@
 The same protocols as docs/families.md with fewer seeds (32 per prompt): UCE erases circle,
 ESD-x erases circle, the (image-pair) size slider moves size and keeps the rest (64 seeds).
 """
-import os
 
 import pytest
 
@@ -49,15 +48,11 @@ def test_esd_x_erases_circle_on_the_mmdit(mm, tmp_path):
 def test_size_slider_on_the_mmdit(mm, tmp_path):
     """configs/sliders/mmdit-size-pairs.yaml (image pairs, start 0.32) at the docs' protocol:
     4 prompts x 64 seeds, scales -2 / 0 / +2 (docs/sliders.md: ratio 1.68, rest kept 0.902: on the bar, see there)."""
-    import subprocess
-    import sys
-
     from concept_edit.eval.toy import SLIDER_PROMPTS, slider_report
     from concept_edit.methods.slider import SliderConfig, train_slider
+    from concept_edit.toyworld.pairs import ensure_size_pairs
 
-    if not os.path.isdir("data/size-pairs/low"):
-        subprocess.run([sys.executable, "-m", "concept_edit.cli.main", "toyworld", "render-pairs",
-                        "data/size-pairs", "--n", "64"], check=True)
+    ensure_size_pairs()
     path = str(tmp_path / "size.safetensors")
     res = train_slider(mm, SliderConfig.from_yaml("configs/sliders/mmdit-size-pairs.yaml"), progress=False)
     res.save(path)

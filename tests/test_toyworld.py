@@ -123,3 +123,13 @@ def test_erasure_and_slider_reports_run(tiny_dirs, tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     rho = rep["spearman"]
     assert set(rep["mean"]) == {"-1.0", "0.0", "1.0"} and (rho != rho or -1 <= rho <= 1)
+
+
+def test_ensure_size_pairs_renders_the_shipped_pairs_once(tmp_path, monkeypatch):
+    from concept_edit.toyworld.pairs import ensure_size_pairs
+
+    monkeypatch.chdir(tmp_path)
+    assert not ensure_size_pairs("elsewhere/low") and not os.path.exists("data")  # not ours: untouched
+    assert ensure_size_pairs() and len(os.listdir("data/size-pairs/high")) == 64
+    assert len([f for f in os.listdir("data/size-pairs/low") if f.endswith(".txt")]) == 64
+    assert not ensure_size_pairs("data/size-pairs/low")  # already there: not rendered again

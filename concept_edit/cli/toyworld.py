@@ -105,33 +105,11 @@ def cmd_render(args) -> None:
 
 
 def cmd_render_pairs(args) -> None:
-    """Pairs of the same scene drawn small (low/) and large (high/): an image-pair size slider.
+    """Pairs of the same scene drawn small (low/) and large (high/): an image-pair size slider
+    (``toyworld.pairs``)."""
+    from ..toyworld.pairs import render_size_pairs
 
-    Each pair gets captions without its size (low/NAME.txt, one per line: "a red circle on a
-    dotted background", "a circle on a dotted background", "a red circle", "a circle"; only the
-    first with ``--single-caption``), used by ``image_pairs: {captions: true}``."""
-    from PIL import Image
-
-    from ..core.io import atomic_dir
-    from ..toyworld.captions import caption
-    from ..toyworld.render import SIZES, Scene, render, sample_scene
-
-    rng = np.random.default_rng(args.seed)
-    with atomic_dir(args.out) as tmp:
-        os.makedirs(os.path.join(tmp, "low"))
-        os.makedirs(os.path.join(tmp, "high"))
-        for i in range(args.n):
-            big = sample_scene(rng=rng, size="large")
-            small = Scene(big.shape, big.colour, "small", float(rng.uniform(*SIZES["small"])),
-                          big.background, big.cx, big.cy)
-            Image.fromarray(render(small)).save(os.path.join(tmp, "low", f"{i:04d}.png"))
-            Image.fromarray(render(big)).save(os.path.join(tmp, "high", f"{i:04d}.png"))
-            caps = [caption(big.shape, big.colour, None, big.background)]
-            if not args.single_caption:
-                caps += [caption(big.shape, None, None, big.background),
-                         caption(big.shape, big.colour), caption(big.shape)]
-            with open(os.path.join(tmp, "low", f"{i:04d}.txt"), "w") as f:
-                f.write("\n".join(caps) + "\n")
+    render_size_pairs(args.out, args.n, args.seed, args.single_caption)
     print(f"wrote {args.n} small/large pairs to {args.out}/low and {args.out}/high")
 
 
