@@ -150,7 +150,8 @@ def write_card(out: str, cfg, ev: dict, times: dict, command: str) -> str:
 
 
 def main(argv=None) -> None:
-    from concept_edit.toyworld.clip import ToyClipConfig, data_times, evaluate, train_toy_clip
+    from concept_edit.toyworld.clip import ToyClipConfig
+    from concept_edit.toyworld.clip_train import data_times, evaluate, train_toy_clip
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="weights/toy-clip", help="exported open_clip directory")

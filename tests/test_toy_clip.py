@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from concept_edit.toyworld.clip import (ATTRIBUTES, DEFAULT_DIR, ToyClipConfig, batch_captions,
-                                        embed_images, embed_texts, load_toy_clip, match_matrix, register,
-                                        train_toy_clip, zero_shot)
+from concept_edit.toyworld.clip import (ATTRIBUTES, DEFAULT_DIR, ToyClipConfig, embed_images, embed_texts,
+                                        load_toy_clip, register, zero_shot)
+from concept_edit.toyworld.clip_train import batch_captions, match_matrix, train_toy_clip
 from concept_edit.toyworld.dataset import build
 
 shipped = pytest.mark.skipif(not os.path.exists(os.path.join(DEFAULT_DIR, "open_clip_model.safetensors")),
