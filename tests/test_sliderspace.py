@@ -267,3 +267,48 @@ def test_model_recommended_settings_under_the_flags(tiny_dirs, tmp_path):
     yml.write_text("prompts: ['a circle']\n")
     cfg, args = cfg_of("--config", str(yml))
     assert cfg.basis == SliderSpaceConfig(prompts=["x"]).basis and args.recommended == {}
+
+
+def test_prompt_oracle_switch_is_exact_and_counts_changes():
+    """The prompt-switch ceiling (eval.prompt_oracle) on the toy turbo: switching to the same
+    prompt at any step gives the bare samples bit for bit; naming a colour from step 0 changes
+    something, and every row's purity is its family's share of the counted changes."""
+    from concept_edit.core.loading import load_pipeline
+    from concept_edit.core.sampler import sample
+    from concept_edit.eval.prompt_oracle import named, purity_oracle, switched
+
+    pipe = load_pipeline("weights/toy-turbo")
+    seeds = [50_000, 50_001, 50_002]
+    base = sample(pipe, ["a square"] * 3, seed=seeds, return_states=True)
+    ref = (np.asarray(base.images) * 255).round().astype(np.uint8)
+    for k in (0, 1, 3):
+        assert np.array_equal(switched(pipe, base, "a square", seeds, k), ref), k
+    assert named("a blue square on a plain background", size="large") == "a large blue square on a plain background"
+    with pytest.raises(ValueError, match="v1 toy-world prompt"):
+        named("a purple square", size="large")
+    rows = purity_oracle(pipe, "a red square", steps=[0], seeds=8, variants={"colour": ["blue"], "size": ["large"]})
+    assert [r["prompt"] for r in rows] == ["a large red square"]     # colour is named: not varied
+    rows = purity_oracle(pipe, "a square", steps=[0], seeds=8, variants={"colour": ["blue"]})
+    (r,) = rows
+    total = sum(r["changes"].values())
+    assert total > 0 and r["purity"] == round(r["changes"]["colour"] / total, 4)
+
+
+@pytest.mark.parametrize("family", ["sd3", "pixart"])
+def test_prompt_switch_is_exact_on_transformers(tiny_dirs, family):
+    """The oracle's resume path on DiTs (the SD3 null-token shortcut on): switching to the same
+    prompt part-way reproduces the run; switching to another prompt changes it."""
+    from concept_edit.core.loading import load_pipeline
+    from concept_edit.core.null_tokens import null_token_shortcut
+    from concept_edit.core.sampler import sample
+    from concept_edit.eval.prompt_oracle import switched
+
+    pipe = load_pipeline(tiny_dirs(family))
+    seeds = [3, 4]
+    with null_token_shortcut(pipe):
+        base = sample(pipe, ["a cat"] * 2, seed=seeds, steps=4, return_states=True)
+        ref = (np.asarray(base.images) * 255).round().astype(np.uint8)
+        for k in (0, 2):
+            assert np.array_equal(switched(pipe, base, "a cat", seeds, k, steps=4), ref), k
+        other = switched(pipe, base, "a dog on a hill", seeds, 2, steps=4)
+    assert not np.array_equal(other, ref)
