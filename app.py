@@ -27,7 +27,8 @@ The app uses only public names of ``concept_edit``: its top-level names, and for
 ``concept_edit.methods.distill.hybrid_sample``, ``concept_edit.eval.diversity.diversity_report`` and
 ``concept_edit.eval.audit`` (``audit``, ``load_concept``, ``resolve_probes``, ``write_report``). The
 model side is ``app_engine.py`` (no gradio); its SliderSpace, Distillation and Audit parts live in
-``app_tabs.py``. This file builds the page and serves it.
+``app_tabs.py``, training and uploads in ``app_files.py``, the first-start examples in
+``app_examples.py``. This file builds the page and serves it.
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ import traceback
 
 # the model side; names re-exported for `import app` users (tests, scripts)
 from app_engine import (API_NAMES, DEFAULT_ARTIFACTS, DEFAULT_DISTILLED, DEFAULT_PROMPT, EXT, MAX_SEED,  # noqa: F401
-                        N_SLOTS, REPO, AppError, Engine, Limits, check_safetensors_header, example_slider,
-                        example_uce, find_trained_slider, make_examples, safe_name)
+                        N_SLOTS, REPO, AppError, Engine, Limits, check_safetensors_header, safe_name)
+from app_examples import example_slider, example_uce, find_trained_slider, make_examples  # noqa: F401
 from app_tabs import AUDIT_COLS, DIVERSITY_COLS, one_line as _one_line  # noqa: F401
 
 # -- the page -------------------------------------------------------------------------------------

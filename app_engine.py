@@ -1,6 +1,7 @@
-"""The app's model side (no gradio): ``Engine`` (sliders, erasure A/B, training, uploads, and through
-``app_tabs.TabsMixin`` the SliderSpace, Distillation and Audit tabs), its request limits and
-checks, and the examples made on the first start. ``app.py`` builds the page on top of it.
+"""The app's model side (no gradio): ``Engine`` (sliders and erasure A/B; through
+``app_tabs.TabsMixin`` the SliderSpace, Distillation and Audit tabs; through ``app_files.FilesMixin``
+training and uploads) and its request limits. The first-start examples are ``app_examples.py``;
+``app.py`` builds the page on top of it.
 
 Example::
 
@@ -15,39 +16,23 @@ import collections
 import dataclasses
 import math
 import os
-import re
-import shutil
-import tempfile
 import threading
 import time
 
 REPO = os.path.dirname(os.path.abspath(__file__))
+from app_files import EXT, TRAIN_RECIPE, FilesMixin, check_safetensors_header, safe_name  # noqa: E402,F401
 from app_tabs import AppError, TabsMixin, check_float, check_int, check_text, one_line as _one_line  # noqa: E402
 
 DEFAULT_DISTILLED = os.path.join(REPO, "weights", "toy-turbo")
 DEFAULT_ARTIFACTS = os.path.join(REPO, "out", "app-artifacts")
 MAX_SEED = 2**31 - 1
-EXT = ".safetensors"
 API_NAMES = ("slide", "strip", "erase", "train", "upload", "artifacts", "space_gallery", "space_strip",
              "space_compose", "distill", "audit")
 N_SLOTS = 4
 DEFAULT_PROMPT = "a red circle"
-FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
-# Settings of sliders trained from the form (the toy-size recipe; the form sets the prompts).
-TRAIN_RECIPE = dict(sites="noxattn", rank=4, alpha=1.0, lr=2e-3, optimizer="adamw", batch_size=4,
-                    sampler="bank", bank_size=4, bank_refresh=200, sample_guidance=3.0, start=0.24,
-                    train_after_start=True, seed=0)
 TOY_SOURCE = "concept_edit:toy-world"
-UCE_EXAMPLE = dict(mode="erase", edit=["circle"], guide=[""], guide_eta=1.0,
-                   preserve=["square", "triangle", "star"], token_policy="last+eos", sites="text_kv",
-                   lamb=0.5, templates=["{}", "a {}", "a large {}", "a small {}", "a red {}", "a green {}",
-                                        "a blue {}", "a yellow {}", "a {} on a plain background",
-                                        "a {} on a striped background", "a {} on a dotted background"])
-SLIDER_EXAMPLE = dict(name="size", prompts=[dict(target="a {}", positive="a large {}",
-                                                 unconditional="a small {}", action="enhance", guidance=4.0)],
-                      preservation=["circle", "square", "triangle", "star", "red circle", "blue square",
-                                    "green triangle", "yellow star"], bank_size=8)
+
 
 
 @dataclasses.dataclass
@@ -72,40 +57,8 @@ class Limits:
     max_audit_s: float = 1800.0       # an audit past this many seconds of sampling stops with a message
 
 
-# -- small checks (the others are shared with app_tabs.py) ---------------------------------------
-def check_safetensors_header(path: str, shown: str) -> dict:
-    """Parse a safetensors header by hand (never unpickles, never loads tensors); returns it."""
-    from concept_edit.core.io import ArtifactError, read_header
-
-    try:
-        n, header = read_header(path, shown)
-    except ArtifactError as e:
-        raise AppError(str(e)) from None
-    size = os.path.getsize(path)
-    data = size - 8 - n
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        if not isinstance(v, dict) or v.get("dtype") not in FLOAT_DTYPES:
-            raise AppError(f"{shown}: tensor {k!r} is not a float tensor; not a concept_edit artifact")
-        off = v.get("data_offsets")
-        if (not isinstance(off, list) or len(off) != 2 or not all(isinstance(o, int) for o in off)
-                or not 0 <= off[0] <= off[1] <= data):
-            raise AppError(f"{shown}: tensor {k!r} points outside the file; damaged file")
-    meta = header.get("__metadata__")
-    if not isinstance(meta, dict) or "concept_edit" not in meta:
-        raise AppError(f"{shown} has no concept_edit metadata: only artifacts written by concept_edit "
-                       "can be used here (make one with concept-edit, or in the Train tab)")
-    return header
-
-
-def safe_name(name: str, default: str = "artifact") -> str:
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_")[:60]
-    return stem or default
-
-
 # -- the model side (no gradio here) -------------------------------------------------------------
-class Engine(TabsMixin):
+class Engine(TabsMixin, FilesMixin):
     """One shared model, the artifacts folder, and every action of the page.
 
     Each public method checks its inputs first (``AppError`` with one line), then takes ``lock``
@@ -474,195 +427,9 @@ class Engine(TabsMixin):
                 lines.append(f"'{c}' seen by the toy classifier: base {nb}/{n} -> edited {ne}/{n}")
         return base, edited, lb, le, "\n\n".join(lines)
 
-    # -- training -----------------------------------------------------------------------------
-    def unique_path(self, stem: str) -> str:
-        cand, i = stem + EXT, 1
-        while os.path.lexists(os.path.join(self.root, cand)):
-            cand, i = f"{stem}-{i}{EXT}", i + 1
-        return os.path.join(self.root, cand)
-
-    def _trainer(self):
-        """A second copy of the model for training, so that the page keeps serving meanwhile."""
-        if self._train_model is None:
-            self._train_model = self.ce.load(**self.load_args)
-        return self._train_model
-
-    def slider_config(self, name, target, positive, negative, fill, iterations, **extra):
-        L = self.limits
-        target = check_text(target, "target prompt", 200, "a {}")
-        positive = check_text(positive, "positive prompt", 200, "a large {}")
-        negative = check_text(negative, "negative prompt", 200, "a small {}")
-        iterations = check_int(iterations, "iterations", 1, L.max_iterations)
-        if fill is not None and not isinstance(fill, str):
-            raise AppError("the {} fill must be text: values separated by ';'")
-        values = [v.strip() for v in (fill or "").split(";") if v.strip()]
-        if len(values) > 16 or any(len(v) > 60 for v in values):
-            raise AppError("the {} fill takes at most 16 values of at most 60 characters, separated by ';'")
-        stem = safe_name(name if isinstance(name, str) else "", "slider")
-        cfg = dict(TRAIN_RECIPE, name=stem, iterations=iterations, ddim_steps=self.steps, preservation=values,
-                   prompts=[dict(target=target, positive=positive, unconditional=negative,
-                                 action="enhance", guidance=4.0)])
-        cfg.update(extra)
-        try:
-            return self.ce.METHODS.get("slider").config.from_dict(cfg)
-        except ValueError as e:
-            raise AppError(f"bad slider settings: {_one_line(e)}") from None
-
-    def train(self, name, target, positive, negative, fill, iterations, progress=True) -> str:
-        """Train a text slider on a copy of the model; returns the new file's name."""
-        cfg = self.slider_config(name, target, positive, negative, fill, iterations)
-        return self.train_config(cfg, progress=progress)
-
-    def train_config(self, cfg, progress=True, stem: str | None = None) -> str:
-        t0 = time.perf_counter()
-        with self.train_lock:
-            tm = self._trainer()
-            try:
-                res = self.ce.train_slider(tm.pipe, cfg, progress=progress)
-                out = self.unique_path(stem or f"slider-{cfg.name}")
-                res.save(out)
-            finally:
-                if cfg.name in tm.router.adapters:
-                    tm.router.remove(cfg.name)
-        print(f"[app] trained slider {cfg.name!r} ({cfg.iterations} steps) in "
-              f"{time.perf_counter() - t0:.0f} s -> {out}", flush=True)
-        return os.path.basename(out)
-
-    # -- uploads ------------------------------------------------------------------------------
-    def upload(self, tmp_path, orig_name: str | None = None) -> str:
-        """Check an uploaded file and copy it into the artifacts folder; returns its name."""
-        if not tmp_path or not isinstance(tmp_path, str) or not os.path.isfile(tmp_path):
-            raise AppError("no file uploaded")
-        shown = os.path.basename(orig_name or tmp_path)
-        if not shown.lower().endswith(EXT):
-            raise AppError(f"{shown}: only {EXT} artifacts written by concept_edit can be uploaded")
-        size = os.path.getsize(tmp_path)
-        if size > self.limits.max_upload_mb * 2**20:
-            raise AppError(f"{shown} is {size / 2**20:.0f} MB; uploads are limited to "
-                           f"{self.limits.max_upload_mb:g} MB")
-        check_safetensors_header(tmp_path, shown)
-        try:
-            meta = self.ce.read_artifact_meta(tmp_path)
-        except Exception as e:
-            raise AppError(_one_line(e).replace(tmp_path, shown)) from None
-        if meta.get("kind") not in ("lora", "weights"):
-            raise AppError(f"{shown}: unknown artifact kind {meta.get('kind')!r}")
-        base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
-        if base.get("family") != self.family:
-            raise AppError(f"{shown} was made for a {base.get('family')} model ({base.get('model')}); "
-                           f"this app runs a {self.family} model ({self.model.source})")
-        with self.lock:   # try it on the model: fingerprint, shapes, finite values; then undo
-            self._unload_all()
-            try:
-                self.ce.apply_artifact(self.pipe, tmp_path, scale=0.0, start=0.0, name="app-check").remove()
-            except Exception as e:
-                raise AppError(_one_line(e).replace(tmp_path, shown)) from None
-        stem = safe_name(shown[: -len(EXT)])
-        same = os.path.join(self.root, stem + EXT)
-        if os.path.isfile(same) and os.path.getsize(same) == size and _same_bytes(same, tmp_path):
-            return os.path.basename(same)
-        dest = self.unique_path(stem)
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=EXT, dir=self.root)
-        os.close(fd)
-        try:
-            shutil.copyfile(tmp_path, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return os.path.basename(dest)
-
 
 def _uint8(images):
     """[0, 1] floats -> uint8, as ``concept_edit.generate`` rounds them."""
     import numpy as np
 
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
-
-
-def _same_bytes(a: str, b: str) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(1 << 20), fb.read(1 << 20)
-            if x != y:
-                return False
-            if not x:
-                return True
-
-
-# -- first start ----------------------------------------------------------------------------------
-def _artifact_files(root: str) -> list[str]:
-    return [f for f in os.listdir(root) if f.endswith(EXT) and not f.startswith(".")] if os.path.isdir(root) else []
-
-
-def find_trained_slider(engine: Engine, name: str = "size", search: str | None = None) -> str | None:
-    """The newest slider called ``name`` for this model under ``out/`` (a copy is cheaper than training)."""
-    search = search or os.path.join(REPO, "out")
-    found = []
-    for dirpath, dirs, files in os.walk(search):
-        if os.path.realpath(dirpath).startswith(engine.root) or dirpath.count(os.sep) - search.count(os.sep) > 2:
-            dirs[:] = []
-            continue
-        dirs[:] = [d for d in dirs if not d.startswith(".") and not d.endswith(".ckpt")]
-        for f in files:
-            p = os.path.join(dirpath, f)
-            if not f.endswith(EXT) or f.startswith(".") or os.path.getsize(p) > 64 * 2**20:
-                continue
-            try:
-                check_safetensors_header(p, f)
-                m = engine.ce.read_artifact_meta(p)
-            except Exception:
-                continue
-            base = m.get("base") if isinstance(m.get("base"), dict) else {}
-            cfg = m.get("config") if isinstance(m.get("config"), dict) else {}
-            if (m.get("method") == "slider" and cfg.get("name") == name
-                    and base.get("model") == engine.model.source):
-                found.append((os.path.getmtime(p), p))
-    return max(found)[1] if found else None
-
-
-def example_uce(engine: Engine, log=print) -> str:
-    """The UCE example: erase 'circle' on the toy world (about a second after the model loads)."""
-    method = engine.ce.METHODS.get("uce")
-    cfg = method.config.from_dict(dict(UCE_EXAMPLE))
-    out = os.path.join(engine.root, "uce-erase-circle" + EXT)
-    t0 = time.perf_counter()
-    with engine.lock:
-        engine._unload_all()
-        method.run(engine.model, cfg, progress=False).save(out)
-    log(f"[app] example: UCE erase 'circle' in {time.perf_counter() - t0:.1f} s -> {out}")
-    return out
-
-
-def example_slider(engine: Engine, iterations: int = 100, log=print) -> str:
-    """The size slider example: copied from out/ when one was trained there, else trained now."""
-    found = find_trained_slider(engine, "size")
-    out = os.path.join(engine.root, "size" + EXT)
-    if found:
-        shutil.copyfile(found, out)
-        log(f"[app] example: copied the size slider {os.path.relpath(found, REPO)} -> {out}")
-        return out
-    log(f"[app] example: training a size slider for {iterations} steps (about 1-2 minutes on two "
-        "CPU cores; the full recipe: concept-edit slider train configs/sliders/toy-size.yaml)")
-    cfg = engine.ce.METHODS.get("slider").config.from_dict(
-        dict(TRAIN_RECIPE, **SLIDER_EXAMPLE, iterations=iterations, ddim_steps=engine.steps))
-    return os.path.join(engine.root, engine.train_config(cfg, progress=True, stem="size"))
-
-
-def make_examples(engine: Engine, iterations: int = 100, log=print) -> None:
-    """On an empty artifacts folder: the examples (toy world), or how to make artifacts."""
-    if _artifact_files(engine.root):
-        return
-    if not engine.toy:
-        log(f"[app] the artifacts folder {engine.root} is empty. Make edits for this model with e.g.\n"
-            f"  concept-edit slider train CONFIG.yaml --model MODEL --out {engine.root}/NAME.safetensors\n"
-            f"  concept-edit uce --config CONFIG.yaml --model MODEL --out {engine.root}/NAME.safetensors\n"
-            "or train a slider in the app's Train tab.")
-        return
-    log(f"[app] first start: making example artifacts in {engine.root} (skip with --no-examples)")
-    for make in (lambda: example_uce(engine, log), lambda: example_slider(engine, iterations, log)):
-        try:
-            make()
-        except Exception as e:  # the app still starts; the Train tab and the CLI can make edits
-            log(f"[app] could not make an example ({type(e).__name__}: {_one_line(e)})")
