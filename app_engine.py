@@ -30,9 +30,7 @@ API_NAMES = ("slide", "strip", "erase", "train", "upload", "artifacts", "space_g
              "space_compose", "distill", "audit")
 N_SLOTS = 4
 DEFAULT_PROMPT = "a red circle"
-
 TOY_SOURCE = "concept_edit:toy-world"
-
 
 
 @dataclasses.dataclass

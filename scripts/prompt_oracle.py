@@ -31,6 +31,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args()
+    if a.prompts not in (1, 2, 4, 8):
+        ap.error(f"--prompts {a.prompts}: choose 1, 2, 4 or 8 (every k-th of the 8 slider prompts)")
+    if a.seeds < 1:
+        ap.error(f"--seeds {a.seeds}: give at least 1")
     torch.set_num_threads(a.threads)
 
     from concept_edit.core.loading import load_pipeline
@@ -39,11 +43,14 @@ def main() -> None:
 
     pipe = load_pipeline(a.model)
     seed0 = {} if a.seed0 is None else {"seed0": a.seed0}
-    if a.what == "purity":
-        rep = {"model": a.model, "prompt": a.prompt,
-               "rows": purity_oracle(pipe, a.prompt, steps=a.steps, seeds=a.seeds, **seed0)}
-    else:
-        rep = size_oracle(pipe, step=a.step, seeds=a.seeds, prompts=SLIDER_PROMPTS[::8 // a.prompts], **seed0)
+    try:
+        if a.what == "purity":
+            rep = {"model": a.model, "prompt": a.prompt,
+                   "rows": purity_oracle(pipe, a.prompt, steps=a.steps, seeds=a.seeds, **seed0)}
+        else:
+            rep = size_oracle(pipe, step=a.step, seeds=a.seeds, prompts=SLIDER_PROMPTS[::8 // a.prompts], **seed0)
+    except ValueError as e:   # a prompt outside the toy grammar, a step outside the schedule
+        raise SystemExit(f"prompt_oracle: {e}") from None
         rep = {k: v for k, v in rep.items() if k != "mean"} | {"mean_radius": rep["mean"], "model": a.model}
     text = json.dumps(rep, indent=1, default=str)
     print(text)

@@ -283,6 +283,8 @@ def test_prompt_oracle_switch_is_exact_and_counts_changes():
     ref = (np.asarray(base.images) * 255).round().astype(np.uint8)
     for k in (0, 1, 3):
         assert np.array_equal(switched(pipe, base, "a square", seeds, k), ref), k
+    with pytest.raises(ValueError, match="outside the run's steps 0..3"):
+        switched(pipe, base, "a square", seeds, 4)
     assert named("a blue square on a plain background", size="large") == "a large blue square on a plain background"
     with pytest.raises(ValueError, match="v1 toy-world prompt"):
         named("a purple square", size="large")

@@ -27,15 +27,11 @@ from ..core.null_tokens import null_token_shortcut
 from ..core.sampler import sample
 from ..toyworld.captions import caption, parse
 from ..toyworld.classifier import load_classifier, predict
+from .probes._base import to_uint8 as _u8
 from .sliderspace_report import FAMILIES, SEED0, changed, describe
 from .toy import SLIDER_PROMPTS, slider_metrics
 
 VARIANTS = {"colour": ("red", "blue"), "size": ("small", "large"), "background": ("striped", "plain")}
-
-
-def _u8(images) -> np.ndarray:
-    images = np.asarray(images)
-    return images if images.dtype == np.uint8 else (images * 255).round().astype(np.uint8)
 
 
 def named(prompt: str, **attrs) -> str:
@@ -48,6 +44,9 @@ def switched(pipe, base, prompt: str, seeds: list[int], step: int, **kw) -> np.n
     """uint8 images of ``prompt`` on ``seeds`` continuing ``base`` (a ``sample(...,
     return_states=True)`` result on the same seeds and ``kw``) from before ``step``; step 0
     samples ``prompt`` from the noise. ``kw``: more ``core.sampler.sample`` arguments (steps)."""
+    if not 0 <= step < len(base.states):
+        raise ValueError(f"switch step {step} is outside the run's steps 0..{len(base.states) - 1}; "
+                         "give a step of the sampling schedule (e.g. --steps 0 1 2 for a 4-step model)")
     if step == 0:
         return _u8(sample(pipe, [prompt] * len(seeds), seed=seeds, **kw).images)
     return _u8(sample(pipe, [prompt] * len(seeds), seed=seeds, start_latents=base.states[step],
