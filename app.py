@@ -28,7 +28,8 @@ The app uses only public names of ``concept_edit``: its top-level names, and for
 ``concept_edit.eval.audit`` (``audit``, ``load_concept``, ``resolve_probes``, ``write_report``). The
 model side is ``app_engine.py`` (no gradio); its SliderSpace, Distillation and Audit parts live in
 ``app_tabs.py``, training and uploads in ``app_files.py``, the first-start examples in
-``app_examples.py``. This file builds the page and serves it.
+``app_examples.py``, the widgets of each tab in ``app_page.py``. This file wires the page's events
+and serves it.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import traceback
 from app_engine import (API_NAMES, DEFAULT_ARTIFACTS, DEFAULT_DISTILLED, DEFAULT_PROMPT, EXT, MAX_SEED,  # noqa: F401
                         N_SLOTS, REPO, AppError, Engine, Limits, check_safetensors_header, safe_name)
 from app_examples import example_slider, example_uce, find_trained_slider, make_examples  # noqa: F401
+from app_page import TABS, WIDGETS, page_context
 from app_tabs import AUDIT_COLS, DIVERSITY_COLS, one_line as _one_line  # noqa: F401
 
 # -- the page -------------------------------------------------------------------------------------
@@ -83,207 +85,21 @@ def build_app(engine: Engine, queue_size: int | None = None):
                                "serving", print_exception=False) from None
         return inner
 
-    rows = engine.listing()
-    sliders, edits = engine.slider_choices(rows), engine.edit_choices(rows)
-    first = sliders[0][1] if sliders else ""
-    d0 = engine.slider_defaults(first) if first else engine.slider_defaults(None)
-    scale0, k0 = (d0["scale"] if first else 0.0), round(d0["start"] * engine.steps)
-    engine.first_request = dict(prompt=DEFAULT_PROMPT, seed=0, steps=engine.steps, start_step=k0,
-                                guidance=engine.guidance, size=engine.size, pairs=[(first, scale0)])
-    model_line = (f"Model: **{engine.model.source}** ({engine.family}), {engine.size} px, "
-                  f"{engine.steps} steps by default. Artifacts folder: `{engine.root}`.")
-
-    spaces = engine.space_choices()
-    space0 = spaces[0][1] if spaces else None
-    try:
-        sp0 = engine.space(space0) if space0 else None
-    except AppError:
-        sp0 = None
-    ss_prompt0 = (sp0 or {}).get("prompt") or "a circle"
-    directions0 = [(sl["label"], sl["name"]) for sl in (sp0 or {}).get("sliders", [])]
-    concepts, probes = engine.audit_concepts(), engine.audit_probes()
-    concept0 = engine.concept_for(edits[0][1]) if edits else (concepts[0] if concepts else None)
-
-    def table(rows_=None):
-        rows_ = engine.listing() if rows_ is None else rows_
-        return [[r["file"], r["kind"], r["method"], r["model"], r["note"]] for r in rows_]
+    c = page_context(engine)
+    table = c.table
 
     with gr.Blocks(title="concept_edit", delete_cache=(3600, 7200)) as demo:
-        gr.Markdown("## concept_edit: sliders, erasure, training, SliderSpace, distillation, audits\n" + model_line)
+        gr.Markdown("## concept_edit: sliders, erasure, training, SliderSpace, distillation, audits\n" + c.model_line)
         with gr.Tabs():
-            # -- Sliders ------------------------------------------------------------------
-            with gr.Tab("Sliders", id="sliders"):
-                with gr.Row():
-                    prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=4, max_lines=1)
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, scale=1)
-                    go = gr.Button("Generate", variant="primary", scale=1)
-                slots = []
-                with gr.Row():
-                    for i in range(N_SLOTS):
-                        with gr.Column(min_width=180):
-                            f = gr.Dropdown([("(none)", "")] + sliders, value=first if i == 0 else "",
-                                            label=f"Slider {i + 1}", allow_custom_value=True,
-                                            elem_id=f"slider-file-{i + 1}")
-                            s = gr.Slider(-L.max_scale, L.max_scale,
-                                          value=scale0 if i == 0 else 0.0, step=0.1,
-                                          label=f"Scale {i + 1}", elem_id=f"slider-scale-{i + 1}")
-                            slots.append((f, s))
-                start = gr.Slider(0, L.max_steps, value=k0, step=1, label="Start step (the sliders act "
-                                  "from this denoising step on; earlier steps fix the layout)",
-                                  elem_id="start-step")
-                with gr.Row():
-                    base_img = gr.Image(label="Base (same seed)", type="numpy", format="png",
-                                        interactive=False, height=320, elem_classes=["pixel"],
-                                        elem_id="base-image")
-                    out_img = gr.Image(label="With sliders", type="numpy", format="png",
-                                       interactive=False, height=320, elem_classes=["pixel"],
-                                       elem_id="slider-image")
-                info = gr.Markdown(elem_id="slide-info")
-                with gr.Accordion("Sampling", open=False):
-                    with gr.Row():
-                        steps = gr.Slider(1, L.max_steps, value=engine.steps, step=1, label="Steps")
-                        guidance = gr.Slider(0, L.max_guidance, value=engine.guidance, step=0.5,
-                                             label="Guidance")
-                        size = gr.Slider(engine.min_size, engine.max_size, value=engine.size,
-                                         step=engine.size_multiple, label="Size (px)")
-                sweep = gr.Button("Strip over scales (first slider)")
-                strip_img = gr.Image(label="Strip: the first slider over its scales", show_label=False,
-                                     type="numpy", format="png", interactive=False, elem_id="strip-image")
-
-            # -- Erasure A/B --------------------------------------------------------------
-            with gr.Tab("Erasure A/B", id="erasure"):
-                with gr.Row():
-                    edit = gr.Dropdown(edits, value=edits[0][1] if edits else None, allow_custom_value=True,
-                                       label="Edit (a UCE or ESD artifact)", scale=3, elem_id="edit-file")
-                    e_prompt = gr.Textbox("a circle", label="Prompt", scale=3, max_lines=1)
-                    e_seed = gr.Number(0, label="First seed", precision=0, minimum=0, maximum=MAX_SEED)
-                with gr.Row():
-                    e_n = gr.Slider(1, L.max_n, value=4, step=1, label="Images")
-                    e_steps = gr.Slider(1, L.max_steps, value=engine.steps, step=1, label="Steps")
-                    run = gr.Button("Compare", variant="primary")
-                with gr.Row():
-                    base_gal = gr.Gallery(label="Base", columns=2, format="png", height="auto",
-                                          object_fit="contain", elem_classes=["pixel"], elem_id="base-gallery")
-                    edit_gal = gr.Gallery(label="Edited", columns=2, format="png", height="auto",
-                                          object_fit="contain", elem_classes=["pixel"], elem_id="edit-gallery")
-                e_info = gr.Markdown()
-
-            # -- Train a slider -----------------------------------------------------------
-            with gr.Tab("Train a slider", id="train"):
-                gr.Markdown("A text slider: the LoRA learns to move **target** toward **positive** and "
-                            "away from **negative**. `{}` in a prompt is filled with each value of "
-                            "the fill list. The file appears in the Sliders tab when done.")
-                with gr.Row():
-                    t_name = gr.Textbox("my-size", label="Name", max_lines=1)
-                    t_target = gr.Textbox("a {}", label="Target", max_lines=1)
-                    t_pos = gr.Textbox("a large {}", label="Positive", max_lines=1)
-                    t_neg = gr.Textbox("a small {}", label="Negative", max_lines=1)
-                with gr.Row():
-                    t_fill = gr.Textbox("circle; square; triangle; star", label="Fill {} with (';'-separated)",
-                                        max_lines=1, scale=3)
-                    t_it = gr.Slider(1, L.max_iterations, value=100, step=1, label="Iterations", scale=2,
-                                     elem_id="train-iterations")
-                t_go = gr.Button("Train", variant="primary")
-                t_status = gr.Markdown("Progress shows here while a slider trains.", min_height=90,
-                                       container=True, padding=True, elem_id="train-status")
-
-            # -- Artifacts ----------------------------------------------------------------
-            with gr.Tab("Artifacts", id="artifacts"):
-                gr.Markdown(f"Files in `{engine.root}` (only these can be picked). Upload a "
-                            f"concept_edit `{EXT}` file (at most {L.max_upload_mb:g} MB; checked, tried on "
-                            "the model, never unpickled).")
-                files = gr.Dataframe(table(rows), headers=["file", "kind", "method", "base model", "note"],
-                                     interactive=False, wrap=True)
-                with gr.Row():
-                    refresh = gr.Button("Refresh")
-                    up = gr.File(label=f"Upload an artifact ({EXT})", file_types=[EXT], type="filepath")
-                up_status = gr.Markdown()
-
-            # -- SliderSpace browser --------------------------------------------------------
-            with gr.Tab("SliderSpace", id="sliderspace"):
-                gr.Markdown("Directions discovered without labels (`concept-edit sliderspace discover "
-                            "--out DIR`, DIR inside the artifacts folder): one image per direction at "
-                            "+scale; click one for its strip from -scale to +scale on a few seeds; "
-                            "compose several below.", elem_id="space-intro")
-                with gr.Row():
-                    space = gr.Dropdown(spaces, value=space0, allow_custom_value=True, scale=3,
-                                        label="Space (a SliderSpace folder)", elem_id="space-dir")
-                    ss_prompt = gr.Textbox(ss_prompt0, label="Prompt", scale=3, max_lines=1)
-                    ss_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
-                    ss_scale = gr.Slider(0.5, L.scale_bound, value=2.0, step=0.5, label="Scale")
-                    ss_go = gr.Button("Show directions", variant="primary")
-                ss_gallery = gr.Gallery(label="Directions at +scale (click one)", columns=8, format="png",
-                                        height="auto", object_fit="contain", elem_classes=["pixel", "compact-gallery"],
-                                        elem_id="space-gallery")
-                ss_info = gr.Markdown()
-                with gr.Row():
-                    ss_index = gr.Number(0, label="Direction (index)", precision=0, minimum=0, elem_id="space-index")
-                    ss_seeds = gr.Slider(1, L.max_strip_seeds, value=3, step=1, label="Seeds (rows)")
-                    ss_strip_go = gr.Button("Strip -scale..+scale")
-                ss_strip = gr.Image(label="Strip", type="numpy", format="png", interactive=False,
-                                    elem_id="space-strip")
-                with gr.Accordion("Compose several directions", open=False):
-                    ss_slots = []
-                    with gr.Row():
-                        for i in range(N_SLOTS):
-                            with gr.Column(min_width=160):
-                                ss_slots.append((
-                                    gr.Dropdown([("(none)", "")] + directions0, value="", label=f"Direction {i + 1}",
-                                                allow_custom_value=True),
-                                    gr.Slider(-L.scale_bound, L.scale_bound, value=0.0, step=0.1,
-                                              label=f"Scale {i + 1}")))
-                    ss_compose_go = gr.Button("Compose")
-                    with gr.Row():
-                        ss_base = gr.Image(label="Base", type="numpy", format="png", interactive=False,
-                                           height=256, elem_classes=["pixel"])
-                        ss_mixed = gr.Image(label="Composed", type="numpy", format="png", interactive=False,
-                                            height=256, elem_classes=["pixel"], elem_id="space-composed")
-                    ss_compose_info = gr.Markdown()
-                with gr.Accordion("The space's sheet (sheet.png: rows = directions)", open=False):
-                    ss_sheet = gr.Image(show_label=False, type="numpy", format="png", interactive=False)
-
-            # -- Distillation -------------------------------------------------------------
-            with gr.Tab("Distillation", id="distillation"):
-                has_student = engine.distilled is not None
-                gr.Markdown(engine.distill_note() or (
-                    f"Base **{engine.model.source}** vs distilled **{engine.distilled.source}** vs the hybrid "
-                    "(the base for the first steps, the distilled model after) for the same seeds, on the "
-                    "distilled model's schedule, with the diversity of each set."), elem_id="distill-note")
-                with gr.Row(visible=has_student):
-                    d_prompt = gr.Textbox("a circle", label="Prompt", scale=3, max_lines=1)
-                    d_seed = gr.Number(0, label="First seed", precision=0, minimum=0, maximum=MAX_SEED)
-                    d_n = gr.Slider(2, L.max_distill_n, value=8, step=1, label="Images per set")
-                    d_steps = gr.Slider(1, L.max_steps, value=engine.distilled_steps, step=1,
-                                        label="Distilled steps")
-                    d_switch = gr.Slider(0, L.max_steps, value=min(1, engine.distilled_steps), step=1,
-                                         label="Switch (base steps of the hybrid)")
-                    d_go = gr.Button("Compare", variant="primary")
-                with gr.Column(visible=has_student):   # one set a row: a column = one seed
-                    d_sets = [gr.Gallery(label=lab, columns=8, format="png", height="auto", object_fit="contain",
-                                         elem_classes=["pixel", "compact-gallery"], elem_id=f"distill-{lab.lower()}")
-                              for lab in ("Base", "Distilled", "Hybrid")]
-                d_table = gr.Dataframe(headers=DIVERSITY_COLS, interactive=False, visible=has_student,
-                                       label="Diversity (higher = more diverse)")
-                d_info = gr.Markdown()
-
-            # -- Audit --------------------------------------------------------------------
-            with gr.Tab("Audit", id="audit"):
-                gr.Markdown("The erasure audit at `--budget quick` (`concept-edit audit`): which probes bring "
-                            "the erased concept back, base vs edited. All ten probes take a few minutes on "
-                            f"the toy world on a CPU; an audit past {L.max_audit_s:g} s stops. It runs on "
-                            "copies of the model, so the other tabs keep serving.")
-                with gr.Row():
-                    a_edit = gr.Dropdown(edits, value=edits[0][1] if edits else None, allow_custom_value=True,
-                                         label="Edit (a UCE or ESD artifact)", scale=3, elem_id="audit-edit")
-                    a_concept = gr.Dropdown(concepts, value=concept0, label="Concept (configs/audit/*.yaml)")
-                    a_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
-                    a_go = gr.Button("Audit", variant="primary")
-                a_probes = gr.CheckboxGroup(probes, value=probes, label="Probes")
-                a_summary = gr.Markdown(elem_id="audit-summary")
-                a_table = gr.Dataframe(headers=AUDIT_COLS, interactive=False, wrap=True, label="Summary")
-                a_files = gr.File(label="Report files", file_count="multiple", interactive=False)
-                with gr.Accordion("Report (report.html)", open=False):
-                    a_report = gr.HTML()
+            w = {k: v for tab in TABS for k, v in tab(c).items()}
+        (prompt, seed, go, slots, start, base_img, out_img, info, steps, guidance, size, sweep, strip_img,
+         edit, e_prompt, e_seed, e_n, e_steps, run, base_gal, edit_gal, e_info, t_name, t_target, t_pos,
+         t_neg, t_fill, t_it, t_go, t_status, files, refresh, up, up_status, space, ss_prompt, ss_seed,
+         ss_scale, ss_go, ss_gallery, ss_info, ss_index, ss_seeds, ss_strip_go, ss_strip, ss_slots,
+         ss_compose_go, ss_base, ss_mixed, ss_compose_info, ss_sheet, has_student, d_prompt, d_seed, d_n,
+         d_steps, d_switch, d_go, d_sets, d_table, d_info, a_edit, a_concept, a_seed, a_go, a_probes,
+         a_summary, a_table, a_files, a_report) = (
+            w[k] for k in WIDGETS)
 
         # -- events -----------------------------------------------------------------------------
         sl_inputs = [prompt, seed, steps, start, guidance, size] + [c for pair in slots for c in pair]
