@@ -61,6 +61,18 @@ def test_mmdit_recipe_trains_resumes_and_loads_plainly(tmp_path):
     assert size < 40e6 and not any(f.endswith((".bin", ".pt")) for _, _, fs in os.walk(out) for f in fs)
     vae_a = open(tmp_path / "a" / "vae" / "diffusion_pytorch_model.safetensors", "rb").read()
     assert vae_a == open(os.path.join(out, "vae", "diffusion_pytorch_model.safetensors"), "rb").read()
+    # a second phase from the trained pipeline: at a vanishing learning rate it stays where it started
+    # (another seed: a fresh init would differ)
+    again = run(ToyTrainConfig(**{**kw, "unet_lr": 1e-12}, seed=5, work=str(tmp_path / "w3"), unet_steps=2,
+                               warmup=0, init_from=out, out=str(tmp_path / "d")))
+    start = load_safetensors(os.path.join(out, "transformer", "diffusion_pytorch_model.safetensors"))
+    end = load_safetensors(os.path.join(again, "transformer", "diffusion_pytorch_model.safetensors"))
+    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
+    with pytest.raises(ValueError, match="dit_width"):
+        run(ToyTrainConfig(**{**kw, "dit_width": 32}, work=str(tmp_path / "w4"), unet_steps=2, init_from=out,
+                           out=str(tmp_path / "e")))
+    with pytest.raises(ConfigError, match="init_from"):
+        ToyTrainConfig(init_from=out).check()
 
 
 MMDIT = "weights/toy-mmdit"
@@ -81,6 +93,9 @@ def test_shipped_toy_mmdit_loads_plainly_and_draws_what_it_is_told():
     assert size <= 40e6 and not [f for _, _, fs in os.walk(MMDIT) for f in fs if f.endswith((".bin", ".pt"))]
     pipe = StableDiffusion3Pipeline.from_pretrained(MMDIT, text_encoder_3=None, tokenizer_3=None)
     pipe.set_progress_bar_config(disable=True)
+    from concept_edit.core.model import model_of
+    # loaded by plain diffusers, it still samples with its own concept_edit.json (not SD3's 28 / 7.0)
+    assert model_of(pipe).defaults == {"size": 64, "steps": 25, "guidance": 2.0}
     ref = pipe("a red circle", num_inference_steps=4, guidance_scale=2.0, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
     model = load(MMDIT)

@@ -10,7 +10,8 @@ Example::
     >>> model_of(m.pipe) is m                       # functions given a pipeline find the handle
     True
 
-Sampler defaults: ``concept_edit.json`` beside the model, else the model's own config (denoiser
+Sampler defaults: ``concept_edit.json`` beside the model (also for a pipeline loaded with plain
+``from_pretrained(DIR)``: its ``config._name_or_path``), else the model's own config (denoiser
 sample size x VAE scale factor, as diffusers computes it), else the family table. No state is
 kept on the diffusers pipeline object: handles live in a weak map keyed by the pipeline.
 """
@@ -75,6 +76,8 @@ def model_of(pipe, source: str | None = None, shipped: dict | None = None) -> Mo
     m = _HANDLES.get(pipe)
     if m is None or source is not None or shipped is not None:
         bb = backbone_of(pipe)
+        if shipped is None and m is None:   # loaded by plain diffusers: the directory it came from
+            shipped = read_shipped(getattr(pipe.config, "_name_or_path", None))
         shipped = shipped or {}
         m = Model(pipe, bb, source or (m.source if m else "unknown"),
                   resolve_defaults(pipe, bb, shipped), dict(shipped.get("methods", {})))

@@ -45,6 +45,9 @@ class ToyTrainConfig(StrictConfig):
     dit_width: int = field(128, "MMDiT hidden width (heads of 32)")
     dit_layers: int = field(4, "MMDiT joint blocks")
     flow_shift: float = field(1.0, "FlowMatchEulerDiscreteScheduler shift of the shipped MMDiT sampler")
+    init_from: str = field("", "mmdit: start from this trained toy MMDiT pipeline (its transformer and text "
+                               "encoders) instead of from scratch: a second training phase")
+    warmup: int = field(300, "mmdit: learning-rate warm-up steps (then cosine to 5%)")
 
     def check(self):
         if self.arch not in ("unet", "mmdit"):
@@ -54,6 +57,10 @@ class ToyTrainConfig(StrictConfig):
                 raise ConfigError(f"{k} must be in [0, 1), got {getattr(self, k)}")
         if self.dit_width % 32:
             raise ConfigError(f"dit_width must be a multiple of 32 (heads of 32), got {self.dit_width}")
+        if self.init_from and self.arch != "mmdit":
+            raise ConfigError("init_from is for arch: mmdit; drop it or set arch: mmdit")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup must be >= 0 steps, got {self.warmup}")
         for k in ("n_images", "vae_steps", "clf_steps", "unet_steps", "unet_batch", "ckpt_every"):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")

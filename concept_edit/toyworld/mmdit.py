@@ -95,6 +95,26 @@ def assemble(vae, tr, te1, te2, tok1, tok2, shift: float, scale: float, flow_shi
                                     tokenizer_2=tok2, text_encoder_3=None, tokenizer_3=None)
 
 
+def load_trained(path: str, mods: dict) -> None:
+    """Load a trained toy MMDiT pipeline's transformer and text encoders into ``mods`` (tr, te1, te2)
+    in place; a different architecture is a one-line error."""
+    from diffusers import SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection
+
+    if not os.path.isdir(os.path.join(path, "transformer")):
+        raise FileNotFoundError(f"init_from: no transformer/ in {path!r}; point it at a toy MMDiT pipeline "
+                                "directory, e.g. weights/toy-mmdit")
+    src = {"tr": SD3Transformer2DModel.from_pretrained(path, subfolder="transformer"),
+           "te1": CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder"),
+           "te2": CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2")}
+    for n, m in mods.items():
+        try:
+            m.load_state_dict(src[n].state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"init_from {path!r}: its {n} does not match dit_width/dit_layers of this "
+                             f"config ({str(e).splitlines()[0]})") from None
+
+
 def stage_mmdit(cfg, ds, latents: torch.Tensor, shift: float, scale: float, toks, on_eval=None):
     from .captions import all_prompts
     from .train import _Ckpt, _drops, _gen, _lr, _tokenize_cache
@@ -104,7 +124,10 @@ def stage_mmdit(cfg, ds, latents: torch.Tensor, shift: float, scale: float, toks
 
     def fresh():
         torch.manual_seed(cfg.seed + 2)
-        return dict(zip(names, [make_transformer(cfg.dit_width, cfg.dit_layers), *make_text_encoders()]))
+        mods = dict(zip(names, [make_transformer(cfg.dit_width, cfg.dit_layers), *make_text_encoders()]))
+        if cfg.init_from:
+            load_trained(cfg.init_from, mods)
+        return mods
 
     live, ema = fresh(), fresh()
     if os.path.exists(done):
@@ -139,7 +162,7 @@ def stage_mmdit(cfg, ds, latents: torch.Tensor, shift: float, scale: float, toks
         s = torch.sigmoid(torch.randn(len(x0), generator=g))  # logit-normal(0, 1), as SD3
         xs = (1 - s[:, None, None, None]) * x0 + s[:, None, None, None] * noise
         for pg in opt.param_groups + sopt.param_groups:
-            pg["lr"] = cfg.unet_lr * _lr(step, cfg.unet_steps, warmup=300)
+            pg["lr"] = cfg.unet_lr * _lr(step, cfg.unet_steps, warmup=cfg.warmup)
         ctx, pooled = encode(te1, te2, torch.stack([ids[0][c] for c in cap]), torch.stack([ids[1][c] for c in cap]))
         pred = tr(hidden_states=xs, encoder_hidden_states=ctx, pooled_projections=pooled, timestep=s * 1000).sample
         loss = F.mse_loss(pred, noise - x0)
