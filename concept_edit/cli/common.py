@@ -113,7 +113,8 @@ def add_config_args(p: argparse.ArgumentParser, cls, skip=(), title: str | None 
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_ = f"{f.metadata.get('help', '')} (default: {_fmt_default(default)})"
+        # argparse %-formats help: a literal % in a field's help (or a default) must be doubled
+        help_ = f"{f.metadata.get('help', '')} (default: {_fmt_default(default)})".replace("%", "%%")
         dest = f"cfg__{f.name}"
         if kind == "bool":
             g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)

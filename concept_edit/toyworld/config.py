@@ -47,7 +47,7 @@ class ToyTrainConfig(StrictConfig):
     flow_shift: float = field(1.0, "FlowMatchEulerDiscreteScheduler shift of the shipped MMDiT sampler")
     init_from: str = field("", "mmdit: start from this trained toy MMDiT pipeline (its transformer and text "
                                "encoders) instead of from scratch: a second training phase")
-    warmup: int = field(300, "mmdit: learning-rate warm-up steps (then cosine to 5%)")
+    warmup: int = field(300, "mmdit: learning-rate warm-up steps (then a cosine down to 5% of unet_lr)")
 
     def check(self):
         if self.arch not in ("unet", "mmdit"):
