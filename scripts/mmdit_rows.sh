@@ -7,8 +7,8 @@
 set -euo pipefail
 OUT=${1:?usage: scripts/mmdit_rows.sh OUT_DIR   (M=MODEL_DIR to measure another toy MMDiT)}
 M=${M:-weights/toy-mmdit}
+cd "$(dirname "$0")/.."   # M and OUT are relative to the repository root
 [ -f "$M/model_index.json" ] || { echo "error: $M is not a diffusers pipeline directory; set M=DIR" >&2; exit 2; }
-cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
 export CONCEPT_EDIT_THREADS=${CONCEPT_EDIT_THREADS:-2} HF_HUB_OFFLINE=1

@@ -51,6 +51,7 @@ def main() -> None:
             rep = size_oracle(pipe, step=a.step, seeds=a.seeds, prompts=SLIDER_PROMPTS[::8 // a.prompts], **seed0)
     except ValueError as e:   # a prompt outside the toy grammar, a step outside the schedule
         raise SystemExit(f"prompt_oracle: {e}") from None
+    if a.what == "size":
         rep = {k: v for k, v in rep.items() if k != "mean"} | {"mean_radius": rep["mean"], "model": a.model}
     text = json.dumps(rep, indent=1, default=str)
     print(text)

@@ -124,10 +124,7 @@ def stage_mmdit(cfg, ds, latents: torch.Tensor, shift: float, scale: float, toks
 
     def fresh():
         torch.manual_seed(cfg.seed + 2)
-        mods = dict(zip(names, [make_transformer(cfg.dit_width, cfg.dit_layers), *make_text_encoders()]))
-        if cfg.init_from:
-            load_trained(cfg.init_from, mods)
-        return mods
+        return dict(zip(names, [make_transformer(cfg.dit_width, cfg.dit_layers), *make_text_encoders()]))
 
     live, ema = fresh(), fresh()
     if os.path.exists(done):
@@ -135,6 +132,8 @@ def stage_mmdit(cfg, ds, latents: torch.Tensor, shift: float, scale: float, toks
         for n, m in ema.items():
             m.load_state_dict({k[len(n) + 1:]: v for k, v in sd.items() if k.startswith(n + ".")})
         return [ema[n].eval() for n in names]
+    if cfg.init_from:   # a second phase: live (and, below, the EMA) start from the trained pipeline
+        load_trained(cfg.init_from, live)
     for n in names:
         ema[n].load_state_dict(live[n].state_dict())
     embs = [live[n].text_model.embeddings.token_embedding for n in ("te1", "te2")]
