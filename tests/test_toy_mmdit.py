@@ -73,6 +73,8 @@ def test_mmdit_recipe_trains_resumes_and_loads_plainly(tmp_path):
                            out=str(tmp_path / "e")))
     with pytest.raises(ConfigError, match="init_from"):
         ToyTrainConfig(init_from=out).check()
+    with pytest.raises(ConfigError, match="not a toy MMDiT pipeline"):   # refused before any data is made
+        ToyTrainConfig(arch="mmdit", init_from=str(tmp_path / "nowhere")).check()
 
 
 MMDIT = "weights/toy-mmdit"

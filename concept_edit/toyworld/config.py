@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from ..core.config import ConfigError, StrictConfig, field
 
@@ -59,6 +60,9 @@ class ToyTrainConfig(StrictConfig):
             raise ConfigError(f"dit_width must be a multiple of 32 (heads of 32), got {self.dit_width}")
         if self.init_from and self.arch != "mmdit":
             raise ConfigError("init_from is for arch: mmdit; drop it or set arch: mmdit")
+        if self.init_from and not os.path.isdir(os.path.join(self.init_from, "transformer")):
+            raise ConfigError(f"init_from {self.init_from!r} is not a toy MMDiT pipeline directory (no "
+                              "transformer/); train phase 1 first or point it at weights/toy-mmdit")
         if self.warmup < 0:
             raise ConfigError(f"warmup must be >= 0 steps, got {self.warmup}")
         for k in ("n_images", "vae_steps", "clf_steps", "unet_steps", "unet_batch", "ckpt_every"):
