@@ -26,8 +26,8 @@ they would get one at a time.
 The app uses only public names of ``concept_edit``: its top-level names, and for the newer tabs
 ``concept_edit.methods.distill.hybrid_sample``, ``concept_edit.eval.diversity.diversity_report`` and
 ``concept_edit.eval.audit`` (``audit``, ``load_concept``, ``resolve_probes``, ``write_report``). The
-model side is ``app_engine.py`` (no gradio); its SliderSpace, Distillation and Audit parts live in
-``app_tabs.py``, training and uploads in ``app_files.py``, the first-start examples in
+model side is ``app_engine.py`` (no gradio); its SliderSpace and Distillation parts live in
+``app_tabs.py``, the Audit part in ``app_audit.py``, training and uploads in ``app_files.py``, the first-start examples in
 ``app_examples.py``, the widgets of each tab in ``app_page.py``. This file wires the page's events
 and serves it.
 """

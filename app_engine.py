@@ -1,6 +1,6 @@
 """The app's model side (no gradio): ``Engine`` (sliders and erasure A/B; through
-``app_tabs.TabsMixin`` the SliderSpace, Distillation and Audit tabs; through ``app_files.FilesMixin``
-training and uploads) and its request limits. The first-start examples are ``app_examples.py``;
+``app_tabs.TabsMixin`` the SliderSpace and Distillation tabs, through ``app_audit.AuditMixin`` the
+Audit tab, through ``app_files.FilesMixin`` training and uploads) and its request limits. The first-start examples are ``app_examples.py``;
 ``app.py`` builds the page on top of it.
 
 Example::
@@ -21,6 +21,7 @@ import time
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 from app_files import EXT, TRAIN_RECIPE, FilesMixin, check_safetensors_header, safe_name  # noqa: E402,F401
+from app_audit import AuditMixin  # noqa: E402
 from app_tabs import AppError, TabsMixin, check_float, check_int, check_text, one_line as _one_line  # noqa: E402
 
 DEFAULT_DISTILLED = os.path.join(REPO, "weights", "toy-turbo")
@@ -56,7 +57,7 @@ class Limits:
 
 
 # -- the model side (no gradio here) -------------------------------------------------------------
-class Engine(TabsMixin, FilesMixin):
+class Engine(TabsMixin, AuditMixin, FilesMixin):
     """One shared model, the artifacts folder, and every action of the page.
 
     Each public method checks its inputs first (``AppError`` with one line), then takes ``lock``
@@ -93,7 +94,7 @@ class Engine(TabsMixin, FilesMixin):
         self.size_multiple = int(bb.size_multiple(self.pipe))
         self.min_size = int(bb.small_size(self.pipe))
         self.max_size = int(self.limits.max_size or max(2 * self.size, self.min_size))
-        self.init_tabs(distilled)   # SliderSpace, Distillation, Audit (app_tabs.py)
+        self.init_tabs(distilled)   # SliderSpace, Distillation (app_tabs.py), Audit (app_audit.py)
 
     # -- files ------------------------------------------------------------------------------
     def resolve(self, name) -> str:

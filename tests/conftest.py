@@ -36,3 +36,14 @@ def tiny_pipe(tiny_dirs):
     from concept_edit.core.loading import load_pipeline
 
     return lambda family: load_pipeline(tiny_dirs(family))
+
+
+@pytest.fixture(scope="session")
+def ctx(tmp_path_factory):
+    """The Gradio app launched in-process on the toy world, shared by tests/test_app*.py (see
+    tests/app_ctx.py)."""
+    pytest.importorskip("gradio")
+    pytest.importorskip("gradio_client")
+    from app_ctx import launch
+
+    yield from launch(tmp_path_factory)

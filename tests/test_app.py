@@ -1,143 +1,23 @@
-"""The Gradio app (app.py): API tests with gradio_client against an in-process launch, and a
-real-browser test in headless Chromium (Debian's ``chromium`` driven by Playwright).
-
-One launch serves the module (the toy world; 10 steps, one image per request). Fixtures: two
-random-direction sliders (one with ``scale_bounds`` in its metadata), the app's own UCE example, a
-K=2 SliderSpace folder of random rank-4 directions, and a second copy of the toy world standing in
-as the Distillation tab's "distilled" model.
-Set ``CONCEPT_EDIT_APP_SCREENSHOTS=docs/app`` to also write the README's screenshots.
+"""The Gradio app (app.py): API tests with gradio_client against an in-process launch (the
+``ctx`` fixture and helpers are in tests/app_ctx.py; the real-browser test is
+tests/test_app_browser.py).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
-gr = pytest.importorskip("gradio")
-gradio_client = pytest.importorskip("gradio_client")
+pytest.importorskip("gradio")
+pytest.importorskip("gradio_client")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-import app  # noqa: E402
-
-STEPS = 10
-A, B, C = "dir-a.safetensors", "dir-b.safetensors", "bounded.safetensors"
-UCE = "uce-erase-circle.safetensors"
-SPACE = "space-k2"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _random_slider(model, path, seed, name, extra_lora=None, method="slider"):
-    """A LoRA 'slider' with a random direction: visible at scale +-2, made in a second."""
-    import torch
-    from concept_edit.core.artifacts import save_lora_artifact
-
-    router = model.router
-    router.add(name, model.sites("noxattn"), rank=4, alpha=4.0)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in router.parameters(name, "B"):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.03)
-    sd = router.state_dict(name, prefix=model.backbone.denoiser)
-    router.remove(name)
-    lora = {"rank": 4, "alpha": 4.0, "group": "noxattn", "start": 0.2, "name": name,
-            "recommended_scales": [-2, 2], **(extra_lora or {})}
-    save_lora_artifact(model.pipe, sd, str(path), method, {"name": name}, lora=lora)
-
-
-def _random_space(model, out, k=2, seed=10):
-    """A SliderSpace folder as `concept-edit sliderspace discover` writes it (manifest.json +
-    slider_XX.safetensors), with random directions instead of trained ones (no sheet.png)."""
-    out.mkdir()
-    for i in range(k):
-        _random_slider(model, out / f"slider_{i:02d}.safetensors", seed + i, f"slider_{i:02d}", method="sliderspace")
-    manifest = {"edits": [{"file": f"slider_{i:02d}.safetensors", "method": "sliderspace", "kind": "lora"}
-                          for i in range(k)],
-                "method": "sliderspace", "model": model.source, "family": model.backbone.name,
-                "prompts": ["a circle"], "components": k,
-                "sliders": [{"name": f"slider_{i:02d}", "component": i, "explained_variance": 0.1,
-                             "moves": "colour" if i == 0 else None} for i in range(k)]}
-    (out / "manifest.json").write_text(json.dumps(manifest))
-
-
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    import concept_edit as ce
-
-    root = tmp_path_factory.mktemp("app")
-    old_tmp = os.environ.get("GRADIO_TEMP_DIR")
-    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio-cache")
-    arts = root / "artifacts"
-    arts.mkdir()
-    model = ce.load()
-    _random_slider(model, arts / A, 1, "dir_a")
-    _random_slider(model, arts / B, 2, "dir_b")
-    _random_slider(model, arts / C, 3, "bounded", {"scale_bounds": [-2, 2]})
-    _random_space(model, arts / SPACE)
-    # a second copy of the toy world stands in as the "distilled" model
-    engine = app.Engine(model, str(arts), app.Limits(queue_size=16), distilled=ce.load())
-    app.example_uce(engine, log=lambda *a: None)
-    demo = app.build_app(engine)
-    port = _free_port()
-    # the launch of `python app.py` (serve) is demo.launch(prevent_thread_lock=True, ...) here
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                ssr_mode=False, theme=app.theme(), css=app.CSS)
-    url = f"http://127.0.0.1:{port}/"
-    client = gradio_client.Client(url, verbose=False, download_files=str(root / "downloads"))
-    yield type("Ctx", (), dict(root=root, arts=arts, engine=engine, demo=demo, url=url, client=client,
-                               model=model))
-    demo.close()
-    if old_tmp is None:
-        os.environ.pop("GRADIO_TEMP_DIR", None)
-    else:
-        os.environ["GRADIO_TEMP_DIR"] = old_tmp
-
-
-def slide_kwargs(prompt="a red circle", seed=0, steps=STEPS, start=2, sliders=()):
-    kw = dict(prompt=prompt, seed=seed, steps=steps, start_step=start, guidance=5.0, size=64)
-    for i in range(app.N_SLOTS):
-        name, scale = sliders[i] if i < len(sliders) else ("", 0.0)
-        kw[f"slider_{i + 1}"], kw[f"scale_{i + 1}"] = name, scale
-    return kw
-
-
-def _bytes(path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _pixels(path) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
-def _refused(fn, *words):
-    """The call fails with a clean error whose message holds every word."""
-    with pytest.raises(Exception) as e:
-        fn()
-    msg = str(e.value)
-    assert all(w.lower() in msg.lower() for w in words), msg
-    return msg
-
-
-def _files(arts) -> set[str]:
-    return {f for f in os.listdir(arts) if not f.startswith(".")}
+from app_ctx import (A, B, C, SPACE, STEPS, UCE, _bytes, _files, _free_port, _pixels,  # noqa: E402
+                     _refused, app, gradio_client, slide_kwargs)
 
 
 # -- API ----------------------------------------------------------------------------------------
@@ -476,99 +356,3 @@ def test_audit_quick_on_the_uce_example(ctx):
             ctx.engine.audit(UCE, "circle", ["standard"], 0, progress=False)
     finally:
         ctx.engine.limits.max_audit_s = old
-
-
-# -- a real browser ------------------------------------------------------------------------------
-def _chromium() -> str | None:
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _small_png(page, path, **kw):
-    from PIL import Image
-
-    page.screenshot(path=str(path), **kw)
-    Image.open(path).convert("RGB").quantize(colors=96).save(path, optimize=True)
-
-
-def screenshot_tabs(page, outdir, sliders_png=None, train_iterations=None):
-    """The README's screenshots (docs/app/*.png) of a loaded page: every working tab."""
-    os.makedirs(outdir, exist_ok=True)
-    if sliders_png:
-        shutil.copyfile(sliders_png, os.path.join(outdir, "sliders.png"))
-    else:
-        _small_png(page, os.path.join(outdir, "sliders.png"), full_page=True)
-    page.get_by_role("tab", name="Erasure A/B").click()
-    page.get_by_role("button", name="Compare").click()
-    page.wait_for_selector("#edit-gallery img", timeout=120_000)
-    page.wait_for_timeout(500)
-    _small_png(page, os.path.join(outdir, "erasure.png"), full_page=True)
-    page.get_by_role("tab", name="Train a slider").click()
-    if train_iterations:   # show the progress bar, then the result
-        page.locator("#train-iterations input[type=number]").fill(str(train_iterations))
-        page.locator("#train-iterations input[type=number]").press("Enter")
-        page.get_by_role("button", name="Train").click()
-        page.wait_for_selector(".progress-level, .progress-text, .eta-bar", timeout=120_000)
-        page.wait_for_timeout(4000)
-        _small_png(page, os.path.join(outdir, "train.png"))
-        page.wait_for_selector("#train-status :text('Trained')", timeout=600_000)
-    else:
-        page.wait_for_timeout(500)
-        _small_png(page, os.path.join(outdir, "train.png"))
-    page.get_by_role("tab", name="Artifacts").click()
-    page.wait_for_timeout(500)
-    _small_png(page, os.path.join(outdir, "artifacts.png"))
-
-
-def test_browser_loads_moves_a_slider_generates_and_screenshots(ctx, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' (playwright)")
-    exe = _chromium()
-    if exe is None:
-        pytest.skip("no chromium: `make install-test` installs Debian's chromium + chromium-driver")
-    shots = os.environ.get("CONCEPT_EDIT_APP_SCREENSHOTS")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            t0 = time.perf_counter()
-            page.goto(ctx.url)
-            page.wait_for_selector("#slider-image img", timeout=120_000)       # the first image
-            first = time.perf_counter() - t0
-            src = page.get_attribute("#slider-image img", "src")
-            rng = page.locator("#slider-scale-1 input[type=range]")
-            lo, hi = float(rng.get_attribute("min")), float(rng.get_attribute("max"))
-            assert (lo, hi) == (-2.0, 2.0)                  # narrowed to the picked file's bounds
-            assert page.locator("#start-step input[type=range]").get_attribute("max") == str(ctx.engine.steps)
-            box = rng.bounding_box()
-            at = min(max((float(rng.input_value()) - lo) / (hi - lo), 0.03), 0.97)   # on the track
-            x0, y = box["x"] + box["width"] * at, box["y"] + box["height"] / 2
-            t1 = time.perf_counter()
-            page.mouse.move(x0, y)                                             # on the thumb
-            page.mouse.down()
-            page.mouse.move(box["x"] + box["width"] * 0.2, y, steps=10)        # a drag: no request yet
-            page.mouse.up()                                                    # release: one request
-            page.wait_for_function("s => { const i = document.querySelector('#slider-image img');"
-                                   " return i && i.src !== s; }", arg=src, timeout=120_000)
-            moved = time.perf_counter() - t1
-            scale = float(page.input_value("#slider-scale-1 input[type=number]"))
-            assert scale < 0, scale
-            page.get_by_role("button", name="Generate").click()
-            page.wait_for_selector("#strip-image img", timeout=120_000)
-            _small_png(page, tmp_path / "sliders.png", full_page=True)
-            assert (tmp_path / "sliders.png").stat().st_size > 10_000
-            print(f"\n[browser] page load -> first image {first:.2f} s; slider release -> new image "
-                  f"{moved:.2f} s (default {ctx.engine.steps} steps)")
-            # the newer tabs render; a click on a SliderSpace direction shows its strip
-            page.get_by_role("tab", name="Distillation").click()
-            page.wait_for_selector("#distill-base", timeout=30_000)
-            page.get_by_role("tab", name="Audit").click()
-            page.wait_for_selector("#audit-edit", timeout=30_000)
-            page.get_by_role("tab", name="SliderSpace").click()
-            page.get_by_role("button", name="Show directions").click()
-            page.wait_for_selector("#space-gallery img", timeout=120_000)
-            page.locator("#space-gallery img").nth(2).click()               # direction 1
-            page.wait_for_selector("#space-strip img", timeout=120_000)
-            assert page.input_value("#space-index input[type=number]") == "1"
-            if shots:
-                screenshot_tabs(page, shots, tmp_path / "sliders.png")
-        finally:
-            browser.close()

@@ -112,3 +112,22 @@ def test_shipped_toy_mmdit_loads_plainly_and_draws_what_it_is_told():
     for axis, i in (("shape", 0), ("colour", 1), ("size", 2), ("background", 3)):
         hits = np.mean([p[axis] == named[k // 2][i] for k, p in enumerate(preds)])
         assert hits >= 6 / 8, (axis, hits)
+
+
+@pytest.mark.timeout(300)
+def test_evaluate_samples_and_reports_at_the_models_own_guidance(monkeypatch):
+    """The card's numbers come at the model's own sampler (guidance 2 on the toy MMDiT), and the
+    report says so (it once printed the UNet's 5.0 whatever the model)."""
+    import concept_edit.toyworld.evaluate as ev
+    from concept_edit.core.loading import load_pipeline
+
+    pipe = load_pipeline(MMDIT)
+    seen = []
+    real_call = type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **kw: seen.append(kw["guidance_scale"])
+                        or real_call(self, *a, **{**kw, "num_inference_steps": 2}))
+    monkeypatch.setattr(ev, "speed", lambda pipe: {})
+    monkeypatch.setattr(ev, "classifier_report", lambda clf, vae=None: {})
+    rep = ev.evaluate(pipe, seeds=2, max_prompts=2, progress=False)
+    assert seen and set(seen) == {2.0}
+    assert rep["sampler"] == {"steps": 25, "guidance": 2.0, "scheduler": "FlowMatchEulerDiscreteScheduler"}

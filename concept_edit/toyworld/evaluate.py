@@ -32,7 +32,7 @@ VALUES = {"shape": SHAPES, "colour": COLOUR_NAMES, "size": SIZE_NAMES, "backgrou
 def sample_prompts(pipe, prompts: list[str], seeds: int, seed0: int = 0, steps: int | None = None,
                    guidance: float | None = None, batch: int = 64, progress: bool = True) -> np.ndarray:
     """Images for every (prompt, seed) pair, prompt-major: (len(prompts) * seeds, H, W, 3).
-    Steps, guidance and size default to the model's own (the toy world: 25, 5.0, 64 px)."""
+    Steps, guidance and size default to the model's own (toy UNet: 25, 5.0, 64 px; toy MMDiT: 2.0)."""
     from ..core.sampling import pipe_defaults
 
     d = pipe_defaults(pipe)
@@ -98,8 +98,11 @@ def subset_prompts(prompts: list[dict], max_prompts: int, seed: int = 0) -> list
 def evaluate(pipe, seeds: int = 64, which: str = "all", classifier: str | None = None,
              batch: int = 64, seed0: int = 10_000, progress: bool = True,
              max_prompts: int | None = None) -> dict:
+    from ..core.sampling import pipe_defaults
+
     clf = load_classifier(classifier)
-    report: dict = {"seeds_per_prompt": seeds, "sampler": {"steps": 25, "guidance": 5.0,
+    d = pipe_defaults(pipe)   # what sample_prompts uses: the model's own steps and guidance
+    report: dict = {"seeds_per_prompt": seeds, "sampler": {"steps": d["steps"], "guidance": d["guidance"],
                                                             "scheduler": type(pipe.scheduler).__name__}}
     report["classifier_renders"] = classifier_report(clf)
     report["classifier_vae_recon"] = classifier_report(clf, vae=pipe.vae)
