@@ -131,3 +131,18 @@ def test_evaluate_samples_and_reports_at_the_models_own_guidance(monkeypatch):
     rep = ev.evaluate(pipe, seeds=2, max_prompts=2, progress=False)
     assert seen and set(seen) == {2.0}
     assert rep["sampler"] == {"steps": 25, "guidance": 2.0, "scheduler": "FlowMatchEulerDiscreteScheduler"}
+
+
+def test_noise_levels_put_weight_near_pure_noise_only_when_asked():
+    from concept_edit.core.config import ConfigError
+    from concept_edit.toyworld.config import ToyTrainConfig
+    from concept_edit.toyworld.mmdit import noise_levels
+
+    plain = noise_levels(200_000, torch.Generator().manual_seed(0))
+    assert torch.equal(plain, torch.sigmoid(torch.randn(200_000, generator=torch.Generator().manual_seed(0))))
+    mixed = noise_levels(200_000, torch.Generator().manual_seed(0), t_uniform=0.5)
+    assert 0 <= mixed.min() and mixed.max() <= 1
+    high = lambda s: (s > 0.9).float().mean().item()   # noqa: E731
+    assert abs(high(plain) - 0.014) < 0.002 and abs(high(mixed) - (0.5 * 0.1 + 0.5 * 0.014)) < 0.003
+    with pytest.raises(ConfigError, match="t_uniform"):
+        ToyTrainConfig(arch="mmdit", t_uniform=1.5).check()

@@ -49,6 +49,9 @@ class ToyTrainConfig(StrictConfig):
     init_from: str = field("", "mmdit: start from this trained toy MMDiT pipeline (its transformer and text "
                                "encoders) instead of from scratch: a second training phase")
     warmup: int = field(300, "mmdit: learning-rate warm-up steps (then a cosine down to 5% of unet_lr)")
+    t_uniform: float = field(0.0, "mmdit: share of training noise levels drawn uniformly on [0, 1] instead of "
+                                  "logit-normal(0, 1) (which almost never draws s > 0.9, where a 64 px "
+                                  "image's colour is decided)")
 
     def check(self):
         if self.arch not in ("unet", "mmdit"):
@@ -63,6 +66,8 @@ class ToyTrainConfig(StrictConfig):
         if self.init_from and not os.path.isdir(os.path.join(self.init_from, "transformer")):
             raise ConfigError(f"init_from {self.init_from!r} is not a toy MMDiT pipeline directory (no "
                               "transformer/); train phase 1 first or point it at weights/toy-mmdit")
+        if not 0 <= self.t_uniform <= 1:
+            raise ConfigError(f"t_uniform must be in [0, 1], got {self.t_uniform}")
         if self.warmup < 0:
             raise ConfigError(f"warmup must be >= 0 steps, got {self.warmup}")
         for k in ("n_images", "vae_steps", "clf_steps", "unet_steps", "unet_batch", "ckpt_every"):
