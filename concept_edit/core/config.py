@@ -98,6 +98,9 @@ class StrictConfig:
         d.update({k: v for k, v in overrides.items() if v is not None})
         valid = cls.keys()
         for k in d:
+            if not isinstance(k, str):
+                raise ConfigError(f"key {k!r} in {cls.__name__} is not a name; write keys as names, e.g. "
+                                  f"`{valid[0]}: ...`")
             if k not in valid:
                 raise ConfigError(f"unknown key {k!r} in {cls.__name__}; did you mean "
                                   f"{nearest(k, valid)[0]!r}? (valid: {', '.join(valid)})")
@@ -130,6 +133,9 @@ class StrictConfig:
         d = {} if d is None else d
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+        bad = [k for k in d if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"{path}: key {bad[0]!r} is not a name; write keys as names, e.g. `steps: 100`")
         return d
 
     @classmethod
