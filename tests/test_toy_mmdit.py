@@ -145,4 +145,6 @@ def test_noise_levels_put_weight_near_pure_noise_only_when_asked():
     high = lambda s: (s > 0.9).float().mean().item()   # noqa: E731
     assert abs(high(plain) - 0.014) < 0.002 and abs(high(mixed) - (0.5 * 0.1 + 0.5 * 0.014)) < 0.003
     with pytest.raises(ConfigError, match="t_uniform"):
-        ToyTrainConfig(arch="mmdit", t_uniform=1.5).check()
+        ToyTrainConfig(arch="mmdit", t_uniform=1.5)
+    with pytest.raises(ConfigError, match="t_uniform is for arch: mmdit"):
+        ToyTrainConfig(arch="unet", t_uniform=0.5)

@@ -66,6 +66,8 @@ class ToyTrainConfig(StrictConfig):
         if self.init_from and not os.path.isdir(os.path.join(self.init_from, "transformer")):
             raise ConfigError(f"init_from {self.init_from!r} is not a toy MMDiT pipeline directory (no "
                               "transformer/); train phase 1 first or point it at weights/toy-mmdit")
+        if self.t_uniform and self.arch != "mmdit":
+            raise ConfigError("t_uniform is for arch: mmdit (the UNet recipe ignores it); drop it or set arch: mmdit")
         if not 0 <= self.t_uniform <= 1:
             raise ConfigError(f"t_uniform must be in [0, 1], got {self.t_uniform}")
         if self.warmup < 0:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..core.lora import inference_merge
 from ..core.null_tokens import null_token_shortcut
 from .captions import all_prompts
-from .classifier import VOCAB, load_classifier, predict, to_tensor
+from .classifier import load_classifier, predict, to_tensor
 from .dataset import build
 from .render import BACKGROUNDS, COLOUR_NAMES, SHAPES, SIZE_NAMES
 
@@ -152,12 +152,16 @@ def evaluate(pipe, seeds: int = 64, which: str = "all", classifier: str | None =
 
 
 def speed(pipe, n: int = 16, steps: int = 25, repeats: int = 2) -> dict:
+    from ..core.sampling import pipe_defaults
+
+    guidance = pipe_defaults(pipe)["guidance"]   # the model's own (guidance 1 skips the unconditional pass)
     best = float("inf")
     for r in range(repeats + 1):
         gens = [torch.Generator().manual_seed(i) for i in range(n)]
         t0 = time.perf_counter()
-        pipe(["a red circle on a plain background"] * n, num_inference_steps=steps, guidance_scale=5.0,
+        pipe(["a red circle on a plain background"] * n, num_inference_steps=steps, guidance_scale=guidance,
              generator=gens, output_type="np")
         if r:  # the first call warms up
             best = min(best, time.perf_counter() - t0)
-    return {"images": n, "steps": steps, "seconds": round(best, 3), "threads": torch.get_num_threads()}
+    return {"images": n, "steps": steps, "seconds": round(best, 3), "guidance": guidance,
+            "threads": torch.get_num_threads()}

@@ -12,7 +12,6 @@ Everything is numpy; the same seed gives the same scene and the same bytes.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 

@@ -192,8 +192,6 @@ def _tokenize_cache(tokenizer, captions) -> dict[str, torch.Tensor]:
 
 
 def stage_unet(cfg, ds: Dataset, latents: torch.Tensor, vae, scale: float, tokenizer):
-    from diffusers.training_utils import EMAModel
-
     from .captions import all_prompts
 
     done = os.path.join(cfg.work, "unet-final.safetensors")
