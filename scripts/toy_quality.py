@@ -292,8 +292,8 @@ def run_slider(pipe, a):
             rep["train_seconds"] = train_s
             results[name if len(a.start) < 2 else f"{name}@{start}"] = rep
             save(a.out, "slider", results)
-    if len(paths) < 3 and not (a.compose and "size" in paths and "stripes" in paths):
-        return
+    if not ("size" in paths and "stripes" in paths and (a.compose or len(paths) >= 3)):
+        return   # the composition needs a size and a stripes slider (three configs of other names crashed here)
     results["composition"] = composition_report(pipe, (paths["size"], "radius"), (paths["stripes"], "striped"),
                                                 seeds=a.seeds, clf=clf,
                                                 prompts=SLIDER_PROMPTS[::len(SLIDER_PROMPTS) // a.slider_prompts])
