@@ -133,9 +133,6 @@ class StrictConfig:
         d = {} if d is None else d
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
-        bad = [k for k in d if not isinstance(k, str)]
-        if bad:
-            raise ConfigError(f"{path}: key {bad[0]!r} is not a name; write each line as `name: value`")
         return d
 
     @classmethod

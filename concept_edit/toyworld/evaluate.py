@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..core.lora import inference_merge
 from ..core.null_tokens import null_token_shortcut
+from ..core.sampling import pipe_defaults
 from .captions import all_prompts
 from .classifier import load_classifier, predict, to_tensor
 from .dataset import build
@@ -33,8 +34,6 @@ def sample_prompts(pipe, prompts: list[str], seeds: int, seed0: int = 0, steps: 
                    guidance: float | None = None, batch: int = 64, progress: bool = True) -> np.ndarray:
     """Images for every (prompt, seed) pair, prompt-major: (len(prompts) * seeds, H, W, 3).
     Steps, guidance and size default to the model's own (toy UNet: 25, 5.0, 64 px; toy MMDiT: 2.0)."""
-    from ..core.sampling import pipe_defaults
-
     d = pipe_defaults(pipe)
     steps = steps or d["steps"]
     guidance = d["guidance"] if guidance is None else guidance
@@ -98,8 +97,6 @@ def subset_prompts(prompts: list[dict], max_prompts: int, seed: int = 0) -> list
 def evaluate(pipe, seeds: int = 64, which: str = "all", classifier: str | None = None,
              batch: int = 64, seed0: int = 10_000, progress: bool = True,
              max_prompts: int | None = None) -> dict:
-    from ..core.sampling import pipe_defaults
-
     clf = load_classifier(classifier)
     d = pipe_defaults(pipe)   # what sample_prompts uses: the model's own steps and guidance
     report: dict = {"seeds_per_prompt": seeds, "sampler": {"steps": d["steps"], "guidance": d["guidance"],
@@ -152,8 +149,6 @@ def evaluate(pipe, seeds: int = 64, which: str = "all", classifier: str | None =
 
 
 def speed(pipe, n: int = 16, steps: int = 25, repeats: int = 2) -> dict:
-    from ..core.sampling import pipe_defaults
-
     guidance = pipe_defaults(pipe)["guidance"]   # the model's own (guidance 1 skips the unconditional pass)
     best = float("inf")
     for r in range(repeats + 1):
