@@ -201,6 +201,11 @@ def test_cli_discover_generate_grid_export(tiny_dirs, tmp_path, capsys):
     code, o, err = run_cli(["sliderspace", "grid", out, "--model", d, "--scales", "-1,0,1", "--seeds", "1",
                             "--out", str(tmp_path / "sheet.png")], capsys)
     assert code == 0 and os.path.exists(tmp_path / "sheet.png"), err
+    # the report scores with the toy classifier: a model that is not a toy-world one is refused in one line
+    code, _, err = run_cli(["sliderspace", "report", out, "--model", d, "--seeds", "1",
+                            "--out", str(tmp_path / "r.json")], capsys)
+    assert code == 2 and "not a toy-world model" in err and len(err.strip().splitlines()) == 1, err
+    assert not os.path.exists(tmp_path / "r.json")
     f = f"{out}/slider_01.safetensors"
     code, _, err = run_cli(["generate", "--model", d, "--prompt", "a circle", "--n", "1", "--steps", "2",
                             "--apply", f"{f}@2", "--out", str(tmp_path / "gen")], capsys)
@@ -314,3 +319,24 @@ def test_prompt_switch_is_exact_on_transformers(tiny_dirs, family):
             assert np.array_equal(switched(pipe, base, "a cat", seeds, k, steps=4), ref), k
         other = switched(pipe, base, "a dog on a hill", seeds, 2, steps=4)
     assert not np.array_equal(other, ref)
+
+
+def test_a_toy_model_given_by_path_is_known_by_its_marker(tmp_path):
+    """A toy model outside weights/ (a fresh `toyworld train` output, a copy) is still the toy world:
+    its concept_edit.json says so. Without the marker, a directory is not taken for one."""
+    from concept_edit.core.embedded import embedded_path
+    from concept_edit.core.loading import load
+
+    src = embedded_path("toy-mmdit")
+    copy = tmp_path / "my-toy"
+    copy.mkdir()
+    for name in os.listdir(src):
+        if name != "concept_edit.json":
+            os.symlink(os.path.join(src, name), copy / name)
+    shipped = json.load(open(os.path.join(src, "concept_edit.json")))
+    assert shipped["world"] == "toy"
+    (copy / "concept_edit.json").write_text(json.dumps(shipped))
+    m = load(str(copy))
+    assert m.source == "my-toy" and m.toy_world
+    (copy / "concept_edit.json").write_text(json.dumps({k: v for k, v in shipped.items() if k != "world"}))
+    assert not load(str(copy)).toy_world

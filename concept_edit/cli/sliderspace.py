@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 
-from ..core.embedded import TOY_MODELS
 from .common import (UsageError, add_command, add_config_args, add_model_args, check_model_arg,
                      config_with_recommended, load_model, out_file, parse_floats, positive_int,
                      say_recommended)
@@ -105,7 +104,7 @@ def cmd_discover(args) -> None:
     model = load_model(args)
     res = discover(model, cfg, progress=True, checkpoint_dir=args.ckdir, resume=args.resume)
     extra, labels = None, None
-    if model.source in TOY_MODELS and args.report_seeds:
+    if model.toy_world and args.report_seeds:
         from ..eval.sliderspace_report import manifest_extra, slider_report
 
         rep = slider_report(model.pipe, res.artifact, cfg.prompts[0], n_seeds=args.report_seeds,
@@ -189,9 +188,9 @@ def cmd_report(args) -> None:
 
     art, manifest = load_sliders(args.dir)
     model = load_model(args)
-    if model.source not in TOY_MODELS:
-        raise UsageError(f"the report scores images with the toy classifier: it needs the toy world, "
-                         f"not {model.source}")
+    if not model.toy_world:
+        raise UsageError(f"the report scores images with the toy classifier: {model.source} is not a toy-world "
+                         f"model (an embedded one, or a directory whose concept_edit.json has \"world\": \"toy\")")
     prompts = [args.prompt] if args.prompt else manifest.get("prompts") or []
     reports = {p: slider_report(model.pipe, art, p, n_seeds=args.seeds, scales=tuple(args.scale_list),
                                 seed0=args.seed, progress=True) for p in prompts}

@@ -35,6 +35,7 @@ class Model:
     source: str = "unknown"                       # hub id / concept_edit:NAME / directory name
     defaults: dict = dataclasses.field(default_factory=dict)   # size, steps, guidance
     recommended: dict = dataclasses.field(default_factory=dict)  # method -> settings for this model
+    world: str = ""                               # "toy": draws the toy world (concept_edit.json "world")
 
     @property
     def denoiser(self):
@@ -55,6 +56,15 @@ class Model:
     @property
     def device(self):
         return self.denoiser.device
+
+    @property
+    def toy_world(self) -> bool:
+        """Whether the toy classifier can score this model's images: an embedded toy model, or
+        any model directory whose concept_edit.json says ``"world": "toy"`` (what
+        ``concept-edit toyworld train`` writes)."""
+        from .embedded import TOY_MODELS
+
+        return self.source in TOY_MODELS or self.world == "toy"
 
     def sites(self, group: str) -> list[str]:
         return self.backbone.sites(self.pipe, group)
@@ -80,7 +90,8 @@ def model_of(pipe, source: str | None = None, shipped: dict | None = None) -> Mo
             shipped = read_shipped(getattr(pipe.config, "_name_or_path", None))
         shipped = shipped or {}
         m = Model(pipe, bb, source or (m.source if m else "unknown"),
-                  resolve_defaults(pipe, bb, shipped), dict(shipped.get("methods", {})))
+                  resolve_defaults(pipe, bb, shipped), dict(shipped.get("methods", {})),
+                  str(shipped.get("world", "")))
         _HANDLES[pipe] = m
     return m
 

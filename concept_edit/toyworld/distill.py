@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..core.io import atomic_dir, atomic_path, atomic_save_file, load_safetensors
 
-STUDENT_DEFAULTS = {"size": 64, "steps": 4, "guidance": 0.0, "timesteps": [999, 749, 499, 249]}
+STUDENT_DEFAULTS = {"size": 64, "steps": 4, "guidance": 0.0, "timesteps": [999, 749, 499, 249], "world": "toy"}
 
 
 def _gen(cfg, stage: int, step: int) -> torch.Generator:

@@ -36,7 +36,7 @@ T5_ZERO_TOKENS = 256        # StableDiffusion3Pipeline's default max_sequence_le
 TEXT_WIDTHS = (64, 32)      # the two CLIP encoders; the joint text width is their sum
 # guidance 2: at 5 the unnamed colour and size collapse to one value on many partial prompts
 # (9 and 13 of 39 under the 10% floor), at 2 the worst screened prompts hold >= 10% (docs/toy-world.md)
-SAMPLER_DEFAULTS = {"size": 64, "steps": 25, "guidance": 2.0}
+SAMPLER_DEFAULTS = {"size": 64, "steps": 25, "guidance": 2.0, "world": "toy"}
 
 
 def noise_levels(n: int, g: torch.Generator, t_uniform: float = 0.0) -> torch.Tensor:

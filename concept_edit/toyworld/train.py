@@ -302,7 +302,7 @@ def score_pipe(cfg, pipe, n: int = 64) -> dict:
             for k in ("shape", "colour", "size", "background")}
 
 
-SAMPLER_DEFAULTS = {"size": 64, "steps": 25, "guidance": 5.0}
+SAMPLER_DEFAULTS = {"size": 64, "steps": 25, "guidance": 5.0, "world": "toy"}
 
 
 def portable_text_encoder(d: str) -> None:
