@@ -38,7 +38,8 @@ def test_sites_and_generate_every_family(tiny_dirs, family, tmp_path, capsys):
     m = json.load(open(os.path.join(o1, "manifest.json")))
     assert m["seeds"] == [7, 8] and m["family"] == family and m["model"] == os.path.basename(d)
     assert tmp_path.parts[1] not in json.dumps(m)  # no absolute local path in a manifest
-    assert {"steps", "guidance", "height", "width", "scheduler", "applied"} <= set(m)
+    assert {"steps", "guidance", "guidance_below", "height", "width", "scheduler", "applied"} <= set(m)
+    assert m["guidance_below"] == 1.0   # the tiny models ship no guidance interval: every step guided
 
 
 def test_generate_applies_artifacts_with_sha(tiny_dirs, tmp_path, capsys):
@@ -77,6 +78,7 @@ def _bad(tmp_path, tiny_dirs):
         (["uce", "--model", d, "--erase", "circle", "--set", "lambda=1", "--out", out + ".safetensors"], "did you mean"),
         (["slider", "grid", "--model", d, "--apply", str(png), "--prompt", "x", "--out", out + ".png"], "not a safetensors"),
         (["generate", "--model", d, "--prompt", "x", "--steps", "0", "--out", out], "--steps"),
+        (["generate", "--model", d, "--prompt", "x", "--guidance-below", "0", "--out", out], "--guidance-below"),
         (["generate", "--model", d, "--prompt", "x", "--apply", str(foreign), "--out", out], "not written by concept_edit"),
         (["generate", "--model", d, "--prompt", "x", "--apply", str(fake_pickle), "--out", out], "pickled"),
         (["generate", "--model", d, "--prompt", "x", "--apply", "missing.safetensors", "--out", out], "no such file"),

@@ -193,6 +193,37 @@ def test_phases(shared):
         sample(pipe, ONE, phases=[Phase(adapter_scales={"s": 1.0})], **kw)
 
 
+@pytest.mark.parametrize("family", ["sd1", "sd3"])
+def test_guidance_interval(shared, family):
+    """guidance_below=f: the steps above f of the timestep range run unguided (as the explicit
+    phases); 1 is every step guided; a model's concept_edit.json default applies when not given."""
+    from concept_edit.core.model import model_of
+
+    pipe = shared(family)
+    kw = dict(_kw(family), output_type="latent")
+    one = sample(pipe, ONE, **kw).latents
+    torch.testing.assert_close(sample(pipe, ONE, guidance_below=1.0, **kw).latents, one, atol=0, rtol=0)
+    ts = [float(t) for t in pipe.scheduler.timesteps]
+    f = (ts[0] + ts[1]) / 2 / pipe.scheduler.config.num_train_timesteps   # the first step unguided
+    explicit = sample(pipe, ONE, phases=[Phase(until_step=1, guidance=1.0), Phase()], **kw).latents
+    late = sample(pipe, ONE, guidance_below=f, **kw).latents
+    torch.testing.assert_close(late, explicit, atol=1e-6, rtol=0)
+    assert not torch.allclose(late, one)
+    m = model_of(pipe)
+    m.defaults["guidance_below"] = f
+    try:
+        torch.testing.assert_close(sample(pipe, ONE, **kw).latents, explicit, atol=1e-6, rtol=0)
+    finally:
+        del m.defaults["guidance_below"]
+    # a bound under the last step leaves every step unguided
+    unguided = sample(pipe, ONE, **{**kw, "guidance": 1.0}).latents
+    low = min(ts) / 2 / pipe.scheduler.config.num_train_timesteps
+    torch.testing.assert_close(sample(pipe, ONE, guidance_below=low, **kw).latents, unguided, atol=1e-6, rtol=0)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="guidance_below"):
+            sample(pipe, ONE, guidance_below=bad, **kw)
+
+
 def test_lora_step_schedule_as_generate_and_as_phases(tiny_pipe):
     pipe = tiny_pipe("sd1")
     router = lora_router(pipe)

@@ -45,7 +45,17 @@ def test_mmdit_recipe_trains_resumes_and_loads_plainly(tmp_path):
     run(ToyTrainConfig(**kw, work=str(tmp_path / "w"), unet_steps=2, out=str(tmp_path / "a")))
     os.remove(tmp_path / "w" / "mmdit-final.safetensors")  # resume from the step-2 checkpoint
     out = run(ToyTrainConfig(**kw, work=str(tmp_path / "w"), unet_steps=4, out=str(tmp_path / "b")))
-    run(ToyTrainConfig(**kw, work=str(tmp_path / "w2"), unet_steps=4, out=str(tmp_path / "c")))
+    run(ToyTrainConfig(**kw, work=str(tmp_path / "w2"), unet_steps=4, out=str(tmp_path / "c"), sample_guidance=1.5,
+                       guidance_below=0.9))
+    # the sampler defaults it ships: the arch's own unless the recipe sets them; both are toy-world models
+    assert load(out).defaults["guidance"] == 2.0 and "guidance_below" not in load(out).defaults
+    assert load(str(tmp_path / "c")).defaults["guidance"] == 1.5
+    assert load(str(tmp_path / "c")).defaults["guidance_below"] == 0.9
+    with pytest.raises(ConfigError, match="guidance_below"):
+        ToyTrainConfig(guidance_below=0).check()
+    assert load(out).toy_world and load(str(tmp_path / "c")).toy_world
+    with pytest.raises(ConfigError, match="sample_guidance"):
+        ToyTrainConfig(sample_guidance=-1).check()
     resumed = load_safetensors(str(tmp_path / "w" / "mmdit-final.safetensors"))
     straight = load_safetensors(str(tmp_path / "w2" / "mmdit-final.safetensors"))
     assert all(torch.allclose(resumed[k], straight[k], atol=1e-6) for k in straight)

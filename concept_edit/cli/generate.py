@@ -21,6 +21,9 @@ def add_cli(sub) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the first image")
     g.add_argument("--steps", type=positive_int("--steps"), default=None, help="sampling steps (default: the model's)")
     g.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
+    g.add_argument("--guidance-below", type=float, default=None, metavar="F",
+                   help="guidance interval: steps above F of the timestep range unguided, 1 = every step "
+                        "guided (default: the model's)")
     g.add_argument("--size", default=None, help="HxW in pixels, e.g. 64x64 (default: the model's)")
     g.add_argument("--apply", action="append", default=[], metavar="FILE[@SCALE]",
                    help="apply an artifact (edit or slider) at SCALE; repeatable")
@@ -35,6 +38,8 @@ def add_cli(sub) -> None:
 def check_generate(args):
     if args.slider_start is not None and not 0 <= args.slider_start <= 1:
         raise UsageError(f"--slider-start must be a fraction in [0, 1], got {args.slider_start}")
+    if args.guidance_below is not None and not 0 < args.guidance_below <= 1:
+        raise UsageError(f"--guidance-below must be a fraction in (0, 1] (1: every step guided), got {args.guidance_below}")
     parse_size(args.size, 1)  # format and positivity now; the model's multiple after loading
     args.applies = [parse_apply(a) for a in args.apply]
     for path, _ in args.applies:
@@ -87,7 +92,7 @@ def cmd_generate(args) -> None:
     hw = parse_size(args.size, model.backbone.size_multiple(model.pipe))
     applied = apply_all(model, args.applies, args.slider_start, args.force)
     s = SampleSettings(prompt=args.prompt, negative_prompt=args.negative_prompt, n=args.n,
-                       seed=args.seed, steps=args.steps, guidance=args.guidance,
+                       seed=args.seed, steps=args.steps, guidance=args.guidance, guidance_below=args.guidance_below,
                        height=hw[0] if hw else None, width=hw[1] if hw else None, batch=args.batch)
     s = s.resolved(model.pipe)
     t0 = time.time()
@@ -96,7 +101,7 @@ def cmd_generate(args) -> None:
     manifest = {"concept_edit": __version__, "model": model.source, "family": model.backbone.name,
                 "prompt": s.prompt, "negative_prompt": s.negative_prompt,
                 "n": s.n, "seed": s.seed, "seeds": [s.seed + i for i in range(s.n)], "steps": s.steps,
-                "guidance": s.guidance, "height": s.height, "width": s.width, "dtype": args.dtype,
+                "guidance": s.guidance, "guidance_below": s.guidance_below, "height": s.height, "width": s.width, "dtype": args.dtype,
                 "device": args.device, "scheduler": type(model.pipe.scheduler).__name__,
                 "applied": applied, "seconds": round(took, 3)}
     write_images(args.out, images, manifest)

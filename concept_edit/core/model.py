@@ -33,7 +33,7 @@ class Model:
     pipe: object
     backbone: Backbone
     source: str = "unknown"                       # hub id / concept_edit:NAME / directory name
-    defaults: dict = dataclasses.field(default_factory=dict)   # size, steps, guidance
+    defaults: dict = dataclasses.field(default_factory=dict)   # size, steps, guidance[, guidance_below]
     recommended: dict = dataclasses.field(default_factory=dict)  # method -> settings for this model
     world: str = ""                               # "toy": draws the toy world (concept_edit.json "world")
 
@@ -75,7 +75,7 @@ def resolve_defaults(pipe, bb: Backbone, shipped: dict | None = None) -> dict:
     native = bb.native_size(pipe)
     if native:
         d["size"] = native
-    d.update({k: v for k, v in (shipped or {}).items() if k in ("size", "steps", "guidance")})
+    d.update({k: v for k, v in (shipped or {}).items() if k in ("size", "steps", "guidance", "guidance_below")})
     return d
 
 

@@ -84,7 +84,7 @@ def sample(pipe, prompts: str | list[str], *, seed: int | list[int] = 0, generat
            mask: torch.Tensor | None = None, mask_latents: torch.Tensor | None = None,
            guidance_fn: Callable | None = None, eta: float = 0.0, return_x0: bool = False,
            x0_grad: bool = False, return_states: bool = False, output_type: str = "np",
-           progress: bool = False) -> SampleResult:
+           guidance_below: float | None = None, progress: bool = False) -> SampleResult:
     """``sample(pipe, ["a cat", "a dog"], seed=0, steps=20).images`` -> (2, H, W, 3) in [0, 1].
 
     Image i comes from ``seed + i`` (or ``seed[i]``, ``generator[i]``, or the initial ``latents``
@@ -99,14 +99,30 @@ def sample(pipe, prompts: str | list[str], *, seed: int | list[int] = 0, generat
     requires grad). ``eta``: DDIM stochasticity (DDIM schedulers only). FLUX guidance is the
     embedded guidance; ``true_cfg > 1`` with a ``negative_prompt`` adds true CFG. ``x0_grad``:
     autograd through the whole run (x0-hat, latents) instead of ``torch.no_grad()``.
+    ``guidance_below=f`` (a guidance interval, Kynkaenniemi et al. 2024): without ``phases``, the
+    steps whose timestep is above ``f`` of the training range run unguided, and guidance starts
+    below it; guidance at the highest noise levels pushes unnamed attributes to one mode. Default:
+    the model's ``concept_edit.json`` ``guidance_below``, else 1 (every step guided, as ``pipe()``).
     """
     with torch.set_grad_enabled(x0_grad):
         return _sample(**locals())
 
 
+def guidance_interval(ts, k0: int, t_max: float) -> list[Phase]:
+    """The steps whose timestep is above ``t_max`` unguided, the rest guided (one phase when
+    either part is empty)."""
+    late = [float(t) <= t_max for t in ts[k0:]]
+    if late[0]:
+        return [Phase()]
+    if not any(late):
+        return [Phase(guidance=1.0)]
+    return [Phase(until_timestep=t_max, guidance=1.0), Phase()]
+
+
 def _sample(pipe, prompts, *, seed, generator, latents, steps, guidance, height, width, negative_prompt,
             true_cfg, timesteps, sigmas, phases, start_latents, start_step, start_timestep, noise_start,
-            mask, mask_latents, guidance_fn, eta, return_x0, x0_grad, return_states, output_type, progress):
+            mask, mask_latents, guidance_fn, eta, return_x0, x0_grad, return_states, output_type,
+            guidance_below, progress):
     from .model import model_of
 
     fam = backbone_of(pipe)
@@ -173,7 +189,11 @@ def _sample(pipe, prompts, *, seed, generator, latents, steps, guidance, height,
         sched.set_begin_index(k0)
 
     # -- phases: denoiser, guidance and CFG per step -----------------------------------------------
-    plan = plan_phases(phases or [Phase()], ts, [float(S.sigma_of(sched, v)) for v in lvls], k0)
+    below = d.get("guidance_below", 1.0) if guidance_below is None else guidance_below
+    if not 0 < below <= 1:
+        raise ValueError(f"guidance_below={below}: give a fraction of the timestep range in (0, 1] (1: every step guided)")
+    phases = phases or guidance_interval(ts, k0, below * sched.config.num_train_timesteps)
+    plan = plan_phases(phases, ts, [float(S.sigma_of(sched, v)) for v in lvls], k0)
     owner = {i: j for j, (_, a, b) in enumerate(plan) for i in range(a, b)}
     dens = [phase_denoiser(fam, p.denoiser) or den0 for p, _, _ in plan]
     gs = [guidance if p.guidance is None else p.guidance for p, _, _ in plan]

@@ -27,13 +27,15 @@ class SampleSettings:
     height: int | None = None
     width: int | None = None
     batch: int = 16
+    guidance_below: float | None = None   # guidance interval (core.sampler.sample); None: the model's
 
     def resolved(self, pipe) -> "SampleSettings":
         d = pipe_defaults(pipe)
         return dataclasses.replace(
             self, steps=self.steps or d["steps"],
             guidance=self.guidance if self.guidance is not None else d["guidance"],
-            height=self.height or d["size"], width=self.width or self.height or d["size"])
+            height=self.height or d["size"], width=self.width or self.height or d["size"],
+            guidance_below=self.guidance_below if self.guidance_below is not None else d.get("guidance_below", 1.0))
 
 
 def pipe_defaults(pipe) -> dict:
@@ -73,7 +75,8 @@ def generate(pipe, s: SampleSettings, progress: bool = True, output_type: str = 
                 gens = [torch.Generator(device).manual_seed(s.seed + j) for j in idx]
                 res = sample(pipe, [prompts[j] for j in idx], generator=gens, steps=s.steps,
                              guidance=s.guidance, height=s.height, width=s.width,
-                             negative_prompt=s.negative_prompt, output_type="np")
+                             negative_prompt=s.negative_prompt, guidance_below=s.guidance_below,
+                             output_type="np")
                 out.append((np.clip(res.images, 0, 1) * 255).round().astype(np.uint8))
     finally:
         bar.close()

@@ -52,6 +52,10 @@ class ToyTrainConfig(StrictConfig):
     t_uniform: float = field(0.0, "mmdit: share of training noise levels drawn uniformly on [0, 1] instead of "
                                   "logit-normal(0, 1) (which almost never draws s > 0.9, where a 64 px "
                                   "image's colour is decided)")
+    sample_guidance: float = field(0.0, "default guidance written to the pipeline's concept_edit.json "
+                                        "(0: the arch's own, unet 5.0, mmdit 2.0)")
+    guidance_below: float = field(1.0, "the shipped sampler's guidance interval: steps whose timestep is above "
+                                       "this fraction of the range run unguided (1: every step guided)")
 
     def check(self):
         if self.arch not in ("unet", "mmdit"):
@@ -70,6 +74,10 @@ class ToyTrainConfig(StrictConfig):
             raise ConfigError("t_uniform is for arch: mmdit (the UNet recipe ignores it); drop it or set arch: mmdit")
         if not 0 <= self.t_uniform <= 1:
             raise ConfigError(f"t_uniform must be in [0, 1], got {self.t_uniform}")
+        if self.sample_guidance < 0:
+            raise ConfigError(f"sample_guidance must be >= 0 (0: the arch's default), got {self.sample_guidance}")
+        if not 0 < self.guidance_below <= 1:
+            raise ConfigError(f"guidance_below must be in (0, 1] (1: every step guided), got {self.guidance_below}")
         if self.warmup < 0:
             raise ConfigError(f"warmup must be >= 0 steps, got {self.warmup}")
         for k in ("n_images", "vae_steps", "clf_steps", "unet_steps", "unet_batch", "ckpt_every"):
@@ -107,3 +115,12 @@ class ToyDistillConfig(StrictConfig):
             raise ConfigError(f"timesteps must decrease within [0, 999], got {self.timesteps}")
         if not 0 <= self.min_t < self.max_t <= 999:
             raise ConfigError(f"need 0 <= min_t < max_t <= 999, got {self.min_t}, {self.max_t}")
+
+
+def sampler_defaults(arch_defaults: dict, cfg: ToyTrainConfig) -> dict:
+    """The concept_edit.json a trained toy pipeline ships: the arch's sampler defaults, with the
+    recipe's ``sample_guidance`` and ``guidance_below`` when it sets them."""
+    d = {**arch_defaults, **({"guidance": cfg.sample_guidance} if cfg.sample_guidance else {})}
+    if cfg.guidance_below < 1:
+        d["guidance_below"] = cfg.guidance_below
+    return d

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core.lora import inference_merge
 from ..core.null_tokens import null_token_shortcut
 from ..core.sampling import pipe_defaults
 from .captions import all_prompts
@@ -33,18 +32,17 @@ VALUES = {"shape": SHAPES, "colour": COLOUR_NAMES, "size": SIZE_NAMES, "backgrou
 def sample_prompts(pipe, prompts: list[str], seeds: int, seed0: int = 0, steps: int | None = None,
                    guidance: float | None = None, batch: int = 64, progress: bool = True) -> np.ndarray:
     """Images for every (prompt, seed) pair, prompt-major: (len(prompts) * seeds, H, W, 3).
-    Steps, guidance and size default to the model's own (toy UNet: 25, 5.0, 64 px; toy MMDiT: 2.0)."""
-    d = pipe_defaults(pipe)
-    steps = steps or d["steps"]
-    guidance = d["guidance"] if guidance is None else guidance
+    Steps, guidance and size default to the model's own (toy UNet: 25, 5.0, 64 px; toy MMDiT: 2.0,
+    unguided above 0.9 of the noise range): the native sampler, which draws ``pipe()``'s images."""
+    from ..core.sampler import sample
+
     jobs = [(p, seed0 + s) for p in prompts for s in range(seeds)]
     out = []
     for i in tqdm(range(0, len(jobs), batch), desc="sample", disable=not progress):
         chunk = jobs[i:i + batch]
-        gens = [torch.Generator().manual_seed(s) for _, s in chunk]
-        with inference_merge(pipe), null_token_shortcut(pipe):   # exact; 2.8x on the toy MMDiT
-            img = pipe([p for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                       height=d["size"], width=d["size"], generator=gens, output_type="np").images
+        with null_token_shortcut(pipe):   # exact; 2.8x on the toy MMDiT
+            img = sample(pipe, [p for p, _ in chunk], seed=[s for _, s in chunk], steps=steps,
+                         guidance=guidance).images
         out.append((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(out) if out else np.zeros((0, 64, 64, 3), np.uint8)
 
@@ -100,7 +98,8 @@ def evaluate(pipe, seeds: int = 64, which: str = "all", classifier: str | None =
     clf = load_classifier(classifier)
     d = pipe_defaults(pipe)   # what sample_prompts uses: the model's own steps and guidance
     report: dict = {"seeds_per_prompt": seeds, "sampler": {"steps": d["steps"], "guidance": d["guidance"],
-                                                            "scheduler": type(pipe.scheduler).__name__}}
+                                                           "guidance_below": d.get("guidance_below", 1.0),
+                                                           "scheduler": type(pipe.scheduler).__name__}}
     report["classifier_renders"] = classifier_report(clf)
     report["classifier_vae_recon"] = classifier_report(clf, vae=pipe.vae)
     prompts = all_prompts()
@@ -149,14 +148,15 @@ def evaluate(pipe, seeds: int = 64, which: str = "all", classifier: str | None =
 
 
 def speed(pipe, n: int = 16, steps: int = 25, repeats: int = 2) -> dict:
-    guidance = pipe_defaults(pipe)["guidance"]   # the model's own (guidance 1 skips the unconditional pass)
+    """The model's own sampler (its guidance; unguided steps skip the unconditional pass)."""
+    from ..core.sampler import sample
+
+    d = pipe_defaults(pipe)
     best = float("inf")
     for r in range(repeats + 1):
-        gens = [torch.Generator().manual_seed(i) for i in range(n)]
         t0 = time.perf_counter()
-        pipe(["a red circle on a plain background"] * n, num_inference_steps=steps, guidance_scale=guidance,
-             generator=gens, output_type="np")
+        sample(pipe, ["a red circle on a plain background"] * n, seed=0, steps=steps)
         if r:  # the first call warms up
             best = min(best, time.perf_counter() - t0)
-    return {"images": n, "steps": steps, "seconds": round(best, 3), "guidance": guidance,
-            "threads": torch.get_num_threads()}
+    return {"images": n, "steps": steps, "seconds": round(best, 3), "guidance": d["guidance"],
+            "guidance_below": d.get("guidance_below", 1.0), "threads": torch.get_num_threads()}

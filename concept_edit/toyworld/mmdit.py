@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..core.io import atomic_dir, atomic_save_file, load_safetensors
 from ..core.null_tokens import RepeatedTokenAttn
 from .captions import sample_caption
+from .config import sampler_defaults
 from .models import LATENT_CHANNELS
 
 T5_ZERO_TOKENS = 256        # StableDiffusion3Pipeline's default max_sequence_length
@@ -235,7 +236,7 @@ def run(cfg) -> str:
             write_tokenizer_vocab(os.path.join(tmp, sub))
             os.remove(os.path.join(tmp, sub, "tokenizer.json"))
         with open(os.path.join(tmp, "concept_edit.json"), "w") as f:
-            json.dump(SAMPLER_DEFAULTS, f)
+            json.dump(sampler_defaults(SAMPLER_DEFAULTS, cfg), f)
     with open(os.path.join(cfg.work, "train-time.json"), "a") as f:
         f.write(json.dumps({"session_seconds": round(time.time() - t0, 1)}) + "\n")
     return cfg.out

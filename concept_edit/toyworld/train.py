@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..core.io import atomic_dir, atomic_path, atomic_save_file, load_safetensors
 from .captions import sample_caption
-from .config import ToyTrainConfig
+from .config import ToyTrainConfig, sampler_defaults
 from .classifier import save_classifier, to_tensor
 from .dataset import NONE, Dataset, build
 from .models import ToyClassifier, make_scheduler, make_text_encoder, make_unet, make_vae
@@ -352,7 +352,7 @@ def run(cfg: ToyTrainConfig) -> str:
         portable_text_encoder(os.path.join(tmp, "text_encoder"))
         write_tokenizer_vocab(os.path.join(tmp, "tokenizer"))
         with open(os.path.join(tmp, "concept_edit.json"), "w") as f:
-            json.dump(SAMPLER_DEFAULTS, f)
+            json.dump(sampler_defaults(SAMPLER_DEFAULTS, cfg), f)
     with open(os.path.join(cfg.work, "train-time.json"), "a") as f:
         f.write(json.dumps({"session_seconds": round(time.time() - t0, 1)}) + "\n")
     return cfg.out
