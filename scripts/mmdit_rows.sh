@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every MMDiT row of docs/families.md and the model card's evaluation, on one toy MMDiT pipeline.
 #   scripts/mmdit_rows.sh out/mm-rows                                   # the shipped weights/toy-mmdit
-#   M=.cache/toy-mmdit-ft/pipeline scripts/mmdit_rows.sh out/mm-ft      # another toy MMDiT
+#   M=.cache/toy-mmdit-l4/pipeline scripts/mmdit_rows.sh out/mm-l4      # another toy MMDiT
+#   SKIP_EVAL=1 scripts/mmdit_rows.sh out/mm-rows     # without the model card's evaluation (~9 min)
 # About 40 min on 2 CPU cores, one command at a time (times in OUT/times.log); results: uce.json,
 # esd.json, slider.json (the docs' 4-prompt protocol), audit-*/, eval.json, ss-report.json.
 set -euo pipefail
@@ -25,7 +26,7 @@ for e in uce-mmdit-erase-circle esd-mmdit-circle-x; do
     step "audit-$e" $PY -m concept_edit.cli.main audit --model "$M" --edit "$OUT/$e.safetensors" \
         --concept configs/audit/circle.yaml --probes standard,inversion --budget full --report "$OUT/audit-$e"
 done
-step eval $PY -m concept_edit.cli.main toyworld evaluate --model "$M" --seeds 64 --max-prompts 64 --out "$OUT/eval.json"
+[ -n "${SKIP_EVAL:-}" ] || step eval $PY -m concept_edit.cli.main toyworld evaluate --model "$M" --seeds 64 --max-prompts 64 --out "$OUT/eval.json"
 step ss $PY -m concept_edit.cli.main sliderspace discover --model "$M" --prompt "a square" --report-seeds 0 \
     --out "$OUT/ss-square"
 step ss-report $PY -m concept_edit.cli.main sliderspace report "$OUT/ss-square" --model "$M" --seeds 16 \

@@ -3,7 +3,7 @@
     concept-edit toyworld evaluate --seeds 64 --max-prompts 64 --out out/toy-eval.json
     python scripts/toy_model_card.py out/toy-eval.json --model weights/toy-world
     concept-edit toyworld evaluate --model weights/toy-mmdit --seeds 64 --max-prompts 64 --out out/mm-eval.json
-    python scripts/toy_model_card.py out/mm-eval.json --model weights/toy-mmdit
+    python scripts/toy_model_card.py out/mm-eval.json --model weights/toy-mmdit --t-uniform 0.5 --extra F.md
 """
 from __future__ import annotations
 
@@ -83,8 +83,10 @@ image = pipe("a large red circle on a striped background", num_inference_steps=2
              guidance_scale=2.0).images[0]
 ```
 
-Default sampler (also in `concept_edit.json`): FlowMatchEuler (shift {shift}), 25 steps, guidance 2, 64x64
-(guidance 5 collapses the unnamed attributes: see "Guidance" below).
+Default sampler (also in `concept_edit.json`): FlowMatchEuler (shift {shift}), 25 steps, guidance {guidance:g},
+{interval}64x64 (see "Guidance" below). Plain `pipe(...)` guides every step; concept_edit's
+sampler (`concept_edit.sample(pipe, prompt)`, `concept-edit generate`, every measurement) reads
+the whole default from `concept_edit.json`.
 
 ![samples](samples.png)
 
@@ -111,7 +113,7 @@ concept-edit toyworld train --config configs/toyworld/mmdit.yaml
 Seeded (seed 0), resumable (rerun the same command after an interruption; batches come from
 (seed, step)). 60,000 renders encoded by the toy world's VAE (latents shifted by their mean and
 scaled to unit std); both text encoders and the MMDiT trained jointly from scratch by rectified
-flow (x_s = (1 - s) x0 + s e, target e - x0, s logit-normal(0, 1) as SD3, timestep 1000 s),
+flow (x_s = (1 - s) x0 + s e, target e - x0, s {noise_levels}, timestep 1000 s),
 {steps:,} steps, batch 64, AdamW 6e-4 (warm-up 300, cosine), EMA 0.999 exported; caption
 dropout: size 0.2, **colour 0.4**, background 0.2 per caption, 10% empty captions. Colour is
 dropped twice as often as on the UNet, whose partial prompts lean to some colours when colour is
@@ -154,6 +156,11 @@ PROMPTS = ["a large red circle on a plain background", "a small blue square on a
            "a yellow star on a dotted background", "a green triangle", "a circle", "a large star"]
 
 
+def _timesteps(pipe, steps: int) -> list:
+    pipe.scheduler.set_timesteps(steps)
+    return list(pipe.scheduler.timesteps)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("eval_json")
@@ -161,6 +168,7 @@ def main():
     ap.add_argument("--train-time", default="see the model card history")
     ap.add_argument("--steps", type=int, default=6000, help="denoiser steps trained (MMDiT card)")
     ap.add_argument("--extra", help="a markdown file appended to the card (measured findings)")
+    ap.add_argument("--t-uniform", type=float, default=0.0, help="the recipe's t_uniform (MMDiT card)")
     a = ap.parse_args()
     for f, what in ((a.eval_json, "the evaluate JSON (concept-edit toyworld evaluate ... --out eval.json)"),
                     (a.extra, "--extra: the markdown file to append")):
@@ -194,6 +202,12 @@ def main():
         "takes about 70 min on 2 cores")
     command = (f"concept-edit toyworld evaluate {'--model ' + a.model + ' ' if mmdit else ''}--seeds {rep['seeds_per_prompt']} "
                + ("" if n_eval == n_grammar else f"--max-prompts {rep.get('max_prompts') or n_eval} ") + "--out eval.json")
+    below = rep["sampler"].get("guidance_below", 1.0)
+    interval = (f"unguided above {below:g} of the noise range (a guidance interval: the first "
+                f"{sum(float(t) > below * 1000 for t in _timesteps(pipe, rep['sampler']['steps']))} of "
+                f"{rep['sampler']['steps']} steps), ") if below < 1 else ""
+    noise_levels = (f"logit-normal(0, 1) as SD3 for {1 - a.t_uniform:g} of the batch, uniform on [0, 1] for "
+                    f"{a.t_uniform:g}" if a.t_uniform else "logit-normal(0, 1) as SD3")
     head = (MMDIT_HEAD if mmdit else UNET_HEAD).format(
         rows="\n".join(f"{i + 1}. `{p}`" for i, p in enumerate(PROMPTS)),
         vae=f"{n(pipe.vae):,}", te=f"{n(pipe.text_encoder):,}",
@@ -201,6 +215,7 @@ def main():
         size_mb=size / 2 ** 20, scale=pipe.vae.config.scaling_factor, train_time=a.train_time,
         vae_shift=pipe.vae.config.get("shift_factor") or 0.0, shift=pipe.scheduler.config.get("shift", 1.0),
         layers=pipe.transformer.config.num_layers if mmdit else 0, steps=a.steps,
+        guidance=rep["sampler"]["guidance"], interval=interval, noise_levels=noise_levels,
         width=pipe.transformer.config.num_attention_heads * 32 if mmdit else 0)
     text = head + CARD_TAIL.format(
         n_prompts=n_eval, grammar_n=n_grammar, subset=subset, command=command, seeds=rep["seeds_per_prompt"], cr=rep["classifier_renders"],

@@ -107,13 +107,15 @@ def test_shipped_toy_mmdit_loads_plainly_and_draws_what_it_is_told():
     pipe.set_progress_bar_config(disable=True)
     from concept_edit.core.model import model_of
     # loaded by plain diffusers, it still samples with its own concept_edit.json (not SD3's 28 / 7.0)
-    assert model_of(pipe).defaults == {"size": 64, "steps": 25, "guidance": 2.0}
+    assert model_of(pipe).defaults == {"size": 64, "steps": 25, "guidance": 2.0, "guidance_below": 0.9}
     ref = pipe("a red circle", num_inference_steps=4, guidance_scale=2.0, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
     model = load(MMDIT)
     assert backbone_of(model.pipe).name == "sd3"
-    ours = sample(model.pipe, ["a red circle"], seed=0, steps=4).images
-    assert np.abs(ours - ref).max() < 1e-4
+    ours = sample(model.pipe, ["a red circle"], seed=0, steps=4, guidance_below=1.0).images
+    assert np.abs(ours - ref).max() < 1e-4   # every step guided: pipe()'s images
+    own = sample(model.pipe, ["a red circle"], seed=0, steps=4).images   # its interval: step 0 unguided
+    assert np.abs(own - ref).max() > 1e-3
     named = [("circle", "red", "large", "plain"), ("square", "blue", "small", "striped"),
              ("triangle", "green", "large", "dotted"), ("star", "yellow", "small", "plain")]
     prompts = [f"a {sz} {c} {s} on a {bg} background" for s, c, sz, bg in named for _ in range(2)]
@@ -126,21 +128,27 @@ def test_shipped_toy_mmdit_loads_plainly_and_draws_what_it_is_told():
 
 @pytest.mark.timeout(300)
 def test_evaluate_samples_and_reports_at_the_models_own_guidance(monkeypatch):
-    """The card's numbers come at the model's own sampler (guidance 2 on the toy MMDiT), and the
-    report says so (it once printed the UNet's 5.0 whatever the model)."""
+    """The card's numbers come at the model's own sampler (guidance 2 on the toy MMDiT, unguided
+    above 0.9 of the noise range), and the report says so (it once printed the UNet's 5.0
+    whatever the model)."""
+    import concept_edit.core.sampler as smp
     import concept_edit.toyworld.evaluate as ev
     from concept_edit.core.loading import load_pipeline
 
     pipe = load_pipeline(MMDIT)
     seen = []
-    real_call = type(pipe).__call__
-    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **kw: seen.append(kw["guidance_scale"])
-                        or real_call(self, *a, **{**kw, "num_inference_steps": 2}))
+    real_sample, real_predict = smp.sample, smp._predict
+    monkeypatch.setattr(smp, "sample", lambda *a, **kw: real_sample(*a, **{**kw, "steps": 2}))
+    monkeypatch.setattr(smp, "_predict", lambda fam, den, x, t, kw, do_cfg, scale:
+                        seen.append((float(t), do_cfg, scale)) or real_predict(fam, den, x, t, kw, do_cfg, scale))
     monkeypatch.setattr(ev, "speed", lambda pipe: {})
     monkeypatch.setattr(ev, "classifier_report", lambda clf, vae=None: {})
     rep = ev.evaluate(pipe, seeds=2, max_prompts=2, progress=False)
-    assert seen and set(seen) == {2.0}
-    assert rep["sampler"] == {"steps": 25, "guidance": 2.0, "scheduler": "FlowMatchEulerDiscreteScheduler"}
+    # 2 steps (timesteps 1000 and 1): the first above 0.9 of the range, unguided; the second guided at 2
+    assert seen and {(c, g) for _, c, g in seen} == {(False, 1.0), (True, 2.0)}
+    assert all(c == (t < 900) for t, c, _ in seen)
+    assert rep["sampler"] == {"steps": 25, "guidance": 2.0, "guidance_below": 0.9,
+                              "scheduler": "FlowMatchEulerDiscreteScheduler"}
 
 
 def test_noise_levels_put_weight_near_pure_noise_only_when_asked():

@@ -47,7 +47,8 @@ def test_esd_x_erases_circle_on_the_mmdit(mm, tmp_path):
 
 def test_size_slider_on_the_mmdit(mm, tmp_path):
     """configs/sliders/mmdit-size-pairs.yaml (image pairs, start 0.32) at the docs' protocol:
-    4 prompts x 64 seeds, scales -2 / 0 / +2 (docs/sliders.md: ratio 1.68, rest kept 0.902: on the bar, see there)."""
+    4 prompts x 64 seeds, scales -2 / 0 / +2 (docs/families.md, the shipped 6-block model: ratio 1.78,
+    rest kept 0.945; the 4-block model before it was on the bar, 0.902)."""
     from concept_edit.eval.toy import SLIDER_PROMPTS, slider_report
     from concept_edit.methods.slider import SliderConfig, train_slider
     from concept_edit.toyworld.pairs import ensure_size_pairs
