@@ -204,7 +204,7 @@ def main():
                + ("" if n_eval == n_grammar else f"--max-prompts {rep.get('max_prompts') or n_eval} ") + "--out eval.json")
     below = rep["sampler"].get("guidance_below", 1.0)
     interval = (f"unguided above {below:g} of the noise range (a guidance interval: the first "
-                f"{sum(float(t) > below * 1000 for t in _timesteps(pipe, rep['sampler']['steps']))} of "
+                f"{sum(float(t) > below * pipe.scheduler.config.num_train_timesteps for t in _timesteps(pipe, rep['sampler']['steps']))} of "
                 f"{rep['sampler']['steps']} steps), ") if below < 1 else ""
     noise_levels = (f"logit-normal(0, 1) as SD3 for {1 - a.t_uniform:g} of the batch, uniform on [0, 1] for "
                     f"{a.t_uniform:g}" if a.t_uniform else "logit-normal(0, 1) as SD3")

@@ -222,6 +222,8 @@ def test_guidance_interval(shared, family):
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="guidance_below"):
             sample(pipe, ONE, guidance_below=bad, **kw)
+    with pytest.raises(ValueError, match="without phases"):   # not silently ignored
+        sample(pipe, ONE, guidance_below=f, phases=[Phase()], **kw)
 
 
 def test_lora_step_schedule_as_generate_and_as_phases(tiny_pipe):

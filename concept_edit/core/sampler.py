@@ -189,6 +189,8 @@ def _sample(pipe, prompts, *, seed, generator, latents, steps, guidance, height,
         sched.set_begin_index(k0)
 
     # -- phases: denoiser, guidance and CFG per step -----------------------------------------------
+    if phases and guidance_below is not None and guidance_below < 1:
+        raise ValueError("guidance_below applies without phases: give each phase its guidance instead")
     below = d.get("guidance_below", 1.0) if guidance_below is None else guidance_below
     if not 0 < below <= 1:
         raise ValueError(f"guidance_below={below}: give a fraction of the timestep range in (0, 1] (1: every step guided)")
